@@ -1,0 +1,13 @@
+"""The project's promises about itself: CI runs README's test command verbatim."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci_line = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("python3 -m venv")]
+    assert len(ci_line) == 1
+    assert f"```bash\n{ci_line[0]}\n```" in readme
+    assert "pytest" in ci_line[0] and "torch==2.13.0" in ci_line[0]

@@ -1,0 +1,158 @@
+"""The `xlsr` command line: parses, calls the library function of the same name, prints.
+
+Errors a user can cause are printed on one line (`xlsr: error: ...`) with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from . import __version__
+from .errors import XlsrError
+
+MODEL_HELP = (
+    "a Hugging Face model directory, a fairseq .pt checkpoint, an xlsr checkpoint, or a hub id "
+    "(downloaded only if huggingface_hub is installed and the network allows)"
+)
+AUDIO_HELP = (
+    "audio files (wav, flac, ogg, opus, mp3; m4a/webm/video with PyAV), folders (searched recursively) "
+    "or manifests (.tsv with a 'path' column)"
+)
+
+
+def _print_failures(results, what: str) -> int:
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"xlsr: error: {r.input}: {r.error}", file=sys.stderr)
+    done = len(results) - len(failed)
+    if failed:
+        print(f"xlsr: {done} {what} written, {len(failed)} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoints import info
+
+    data = info(args.model)
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    pre = data["preprocessing"]
+    print(f"source        {data['source']}")
+    print(f"head          {data['head']}")
+    print(f"layout        {data['layout']}")
+    print(f"transformer   {data['layers']} layers, dim {data['dim']}, FFN {data['ffn_dim']}, {data['heads']} heads")
+    print(f"conv layers   {len(data['conv_layers'])} x (dim, kernel, stride) = {data['conv_layers']}")
+    print(f"frame         {data['frame_ms']:g} ms")
+    print(f"parameters    {data['parameters']:,} ({data['encoder_parameters']:,} in the encoder)")
+    if "codebook" in data:
+        print(f"codebook      {data['codebook']}")
+    norm = "zero mean, unit variance" if pre["do_normalize"] else "none"
+    print(f"input         {pre['sample_rate']} Hz mono, normalisation: {norm}")
+    if "vocabulary" in data:
+        vocab = data["vocabulary"]
+        print(f"vocabulary    {len(vocab)} tokens: {' '.join(vocab)}")
+    if "labels" in data:
+        print(f"labels        {len(data['labels'])}: {' '.join(data['labels'])}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import convert
+
+    model = convert(args.src, args.dst, dict_path=args.dict_path, encoder_only=args.encoder_only)
+    print(f"wrote {args.dst} ({model.cfg.head} head, {model.num_parameters():,} parameters)")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .checkpoints import init
+
+    model = init(args.out, preset=args.preset, seed=args.seed)
+    print(f"wrote {args.out}: a new {args.preset} model, {model.num_parameters():,} parameters (random weights)")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .features import features
+
+    results = features(args.model, args.audio, args.out, layer=args.layer, device=args.device, quiet=args.quiet)
+    if not args.quiet:
+        for r in results:
+            if r.output:
+                print(f"{r.input} -> {r.output}")
+    return _print_failures(results, "feature files")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xlsr",
+        description="XLS-R / wav2vec 2.0: transcribe, identify, extract features, fine-tune and pretrain.",
+    )
+    parser.add_argument("--version", action="version", version=f"xlsr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, func: Callable, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description or help)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("info", cmd_info, "describe a model: architecture, size, vocabulary, origin")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = command(
+        "convert",
+        cmd_convert,
+        "convert a model into a Hugging Face directory",
+        "Convert a fairseq .pt (its dict.ltr.txt beside it, or --dict), an xlsr checkpoint or a Hugging Face "
+        "directory into a Hugging Face model directory (safetensors) that transformers loads.",
+    )
+    p.add_argument("src", help=MODEL_HELP)
+    p.add_argument("dst", help="output directory (replaced atomically if it is already a model directory)")
+    p.add_argument("--dict", dest="dict_path", metavar="PATH", help="fairseq letter dictionary of a CTC model")
+    p.add_argument(
+        "--encoder-only",
+        action="store_true",
+        help="write the encoder alone (transformers Wav2Vec2Model), dropping any head",
+    )
+
+    p = command("init", cmd_init, "write a new randomly initialised model of a preset")
+    p.add_argument("out", help="output directory (Hugging Face format)")
+    p.add_argument("--preset", default="tiny", help="xlsr-300m, xlsr-1b, xlsr-2b, wav2vec2-base, small, tiny (default)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the weights")
+
+    p = command(
+        "features",
+        cmd_features,
+        "extract representations: one .npy of shape (frames, dim) per input",
+        "Extract XLS-R representations (one vector per 20 ms). By default the encoder's final output "
+        "(transformers' last_hidden_state); with --layer K the output of transformer block K "
+        "(transformers' hidden_states[K], 0 = the input of the first block). Each file is processed whole.",
+    )
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("audio", nargs="+", help=AUDIO_HELP)
+    p.add_argument("--out", required=True, help="a .npy file for one input, or a folder for several")
+    p.add_argument("--layer", type=int, metavar="K", help="output of block K instead of the final output")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no per-file lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except XlsrError as e:
+        print(f"xlsr: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("xlsr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
