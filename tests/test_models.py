@@ -236,3 +236,28 @@ def test_config_round_trips_and_rejects_unknown_keys():
         ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("xlsr-3b")
+
+
+@pytest.mark.parametrize("kernel, stride, c_in", [(10, 5, 1), (3, 2, 8), (2, 2, 8), (4, 3, 5)])
+def test_channels_last_conv_equals_conv1d_with_gradients(kernel, stride, c_in, monkeypatch):
+    from xlsr.models import feature_encoder
+    from xlsr.models.feature_encoder import strided_conv
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 57, c_in)
+    weight, bias = torch.randn(6, c_in, kernel, requires_grad=True), torch.randn(6, requires_grad=True)
+    ref = torch.nn.functional.conv1d(x.transpose(1, 2), weight, bias, stride=stride).transpose(1, 2)
+    torch.testing.assert_close(strided_conv(x, weight, bias, stride), ref)  # im2col, weights need grads
+    monkeypatch.setattr(feature_encoder, "IM2COL_CHUNK", 4)  # inference: chunked im2col, several chunks
+    with torch.no_grad():
+        torch.testing.assert_close(strided_conv(x, weight, bias, stride), ref)
+        torch.testing.assert_close(strided_conv(x, weight, None, stride), ref - bias)
+    g_ref = torch.autograd.grad(ref.pow(2).sum(), (weight, bias))
+    xg = x.clone().requires_grad_(True)  # the per-tap path, used when the input needs a gradient
+    ours = strided_conv(xg, weight, bias, stride)
+    torch.testing.assert_close(ours, ref)
+    g_ours = torch.autograd.grad(ours.pow(2).sum(), (weight, bias, xg))
+    x_ref = x.transpose(1, 2).clone().requires_grad_(True)
+    gx_ref = torch.autograd.grad(torch.nn.functional.conv1d(x_ref, weight, bias, stride=stride).pow(2).sum(), x_ref)[0]
+    for a, b in zip(g_ours, (*g_ref, gx_ref.transpose(1, 2))):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -10,6 +10,44 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+IM2COL_CHUNK = 4096  # output frames per GEMM in inference
+
+
+def strided_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+    """A 1-D convolution (no padding) computed channels-last: x (B, T, C_in) -> (B, T', C_out).
+
+    `weight` keeps nn.Conv1d's (C_out, C_in, K) layout. Channels-last lets a layer norm over channels run
+    on contiguous memory with no transposed copies: for the XLS-R encoder on CPU this takes 0.66x the time of
+    `F.conv1d` plus transposes in inference and 0.86x forward + backward (benchmarks/feature_encoder.py).
+    When x needs no gradient, one GEMM runs over an im2col view; when it does, one strided GEMM per kernel
+    tap, since the backward of overlapping im2col windows is slow.
+    """
+    B, T, C = x.shape
+    k = weight.shape[-1]
+    T_out = (T - k) // stride + 1
+    if T_out < 1:
+        raise ValueError(f"input of {T} steps is shorter than the kernel ({k})")
+    if x.requires_grad:
+        end = (T_out - 1) * stride + 1
+        y = x[:, 0:end:stride] @ weight[:, :, 0].t()
+        for j in range(1, k):
+            y = y + x[:, j : j + end : stride] @ weight[:, :, j].t()
+        return y if bias is None else y + bias
+    # im2col in time chunks written straight into the output: the (T', K * C) copy never exists whole.
+    # A window of K frames is K * C consecutive numbers of a contiguous (B, T, C) tensor.
+    x = x.contiguous()
+    cols = x.as_strided((B, T_out, k * C), (x.stride(0), stride * x.stride(1), x.stride(2)))
+    w = weight.permute(2, 1, 0).reshape(k * C, -1)  # (K * C_in, C_out), rows in the order of a window
+    if torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)):
+        y = cols @ w  # training the first layer: the weights need a gradient, the waveform does not
+        return y if bias is None else y + bias
+    y = x.new_empty(B, T_out, w.shape[1])
+    b = torch.zeros(w.shape[1], dtype=x.dtype, device=x.device) if bias is None else bias
+    for i in range(B):
+        for t in range(0, T_out, IM2COL_CHUNK):
+            torch.addmm(b, cols[i, t : t + IM2COL_CHUNK], w, out=y[i, t : t + IM2COL_CHUNK])
+    return y
+
 
 class ConvLayer(nn.Module):
     """conv -> (layer norm over channels | group norm per channel | nothing) -> GELU.
@@ -17,6 +55,7 @@ class ConvLayer(nn.Module):
     The "layer_norm" mode (XLS-R) normalises every frame over its channels, so a frame never sees
     its neighbours' statistics: padding cannot leak into valid frames. The "group_norm" mode
     (wav2vec2-base, only in the first layer) normalises each channel over the whole time axis.
+    Weights are stored as nn.Conv1d / nn.LayerNorm / nn.GroupNorm store them (fairseq, transformers).
     """
 
     def __init__(self, n_in: int, n_out: int, kernel: int, stride: int, bias: bool, norm: str | None):
@@ -31,13 +70,22 @@ class ConvLayer(nn.Module):
             self.norm = None
         self.kernel, self.stride = kernel, stride
 
+    @property
+    def channels_last(self) -> bool:
+        """A layer with a layer norm works on (B, T, C), the others on (B, C, T): whichever needs no
+        transposed copy (F.conv1d is the faster convolution when nothing has to be transposed)."""
+        return isinstance(self.norm, nn.LayerNorm)
+
     def forward(self, x: Tensor) -> Tensor:
-        """x: (B, C_in, S) -> (B, C_out, S')."""
-        x = self.conv(x)
-        if isinstance(self.norm, nn.LayerNorm):
-            x = self.norm(x.transpose(1, 2)).transpose(1, 2)
-        elif self.norm is not None:
-            x = self.norm(x)
+        """x: (B, T, C_in) -> (B, T', C_out) if `channels_last`, else (B, C_in, T) -> (B, C_out, T')."""
+        if self.channels_last:
+            x = self.norm(strided_conv(x, self.conv.weight, self.conv.bias, self.stride))
+        else:
+            x = self.conv(x)
+            if self.norm is not None:  # GroupNorm(C, C), in float32 as fairseq's Fp32GroupNorm
+                x = F.group_norm(x.float(), x.shape[1], self.norm.weight, self.norm.bias, self.norm.eps).to(x.dtype)
+        if not x.requires_grad:  # nothing needs the pre-activation: save a copy
+            return torch.ops.aten.gelu_(x)
         return F.gelu(x)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
@@ -65,13 +113,17 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """waveforms: (B, S) float, lengths: (B,) long samples -> features (B, T, C), lengths (B,) frames."""
-        x = waveforms[:, None]  # (B, 1, S)
+        channels_last = self.conv_layers[0].channels_last
+        x = waveforms[:, :, None] if channels_last else waveforms[:, None]  # (B, S, 1) or (B, 1, S)
         for layer in self.conv_layers:
+            if layer.channels_last != channels_last:
+                x, channels_last = x.transpose(1, 2), layer.channels_last
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, use_reentrant=False)
             else:
                 x = layer(x)
-        return x.transpose(1, 2), None if lengths is None else self.output_lengths(lengths)
+        x = x if channels_last else x.transpose(1, 2)  # (B, T, C)
+        return x, None if lengths is None else self.output_lengths(lengths)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Frames produced from `lengths` samples, each conv applying its own formula: (B,) -> (B,)."""

@@ -36,7 +36,7 @@ class PositionalConvEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, T, D) -> (B, T, D)."""
-        weight = self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
+        weight = torch._weight_norm(self.weight_v, self.weight_g, 2)  # what nn.utils.weight_norm(dim=2) computes
         y = F.conv1d(x.transpose(1, 2), weight, self.bias, padding=self.kernel // 2, groups=self.groups)
         if self.kernel % 2 == 0:  # an even kernel with padding K/2 yields one frame too many
             y = y[..., :-1]
