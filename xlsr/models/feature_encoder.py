@@ -5,15 +5,19 @@ fairseq `ConvFeatureExtractionModel`; transformers `Wav2Vec2FeatureEncoder`; tor
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-IM2COL_CHUNK = 4096  # output frames per GEMM in inference
+IM2COL_CHUNK = 1024  # output frames per GEMM in inference: big enough for a fast GEMM, small enough for the cache
 
 
-def strided_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+def strided_conv(
+    x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, epilogue: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
     """A 1-D convolution (no padding) computed channels-last: x (B, T, C_in) -> (B, T', C_out).
 
     `weight` keeps nn.Conv1d's (C_out, C_in, K) layout. Channels-last lets a layer norm over channels run
@@ -21,6 +25,9 @@ def strided_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) ->
     `F.conv1d` plus transposes in inference and 0.86x forward + backward (benchmarks/feature_encoder.py).
     When x needs no gradient, one GEMM runs over an im2col view; when it does, one strided GEMM per kernel
     tap, since the backward of overlapping im2col windows is slow.
+
+    `epilogue` (norm, activation) is applied to the output; without gradients it runs chunk by chunk in
+    place, while the chunk is in cache, so no second copy of the (largest) output is ever made.
     """
     B, T, C = x.shape
     k = weight.shape[-1]
@@ -32,7 +39,8 @@ def strided_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) ->
         y = x[:, 0:end:stride] @ weight[:, :, 0].t()
         for j in range(1, k):
             y = y + x[:, j : j + end : stride] @ weight[:, :, j].t()
-        return y if bias is None else y + bias
+        y = y if bias is None else y + bias
+        return y if epilogue is None else epilogue(y)
     # im2col in time chunks written straight into the output: the (T', K * C) copy never exists whole.
     # A window of K frames is K * C consecutive numbers of a contiguous (B, T, C) tensor.
     x = x.contiguous()
@@ -40,12 +48,16 @@ def strided_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) ->
     w = weight.permute(2, 1, 0).reshape(k * C, -1)  # (K * C_in, C_out), rows in the order of a window
     if torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)):
         y = cols @ w  # training the first layer: the weights need a gradient, the waveform does not
-        return y if bias is None else y + bias
+        y = y if bias is None else y + bias
+        return y if epilogue is None else epilogue(y)
     y = x.new_empty(B, T_out, w.shape[1])
     b = torch.zeros(w.shape[1], dtype=x.dtype, device=x.device) if bias is None else bias
     for i in range(B):
         for t in range(0, T_out, IM2COL_CHUNK):
-            torch.addmm(b, cols[i, t : t + IM2COL_CHUNK], w, out=y[i, t : t + IM2COL_CHUNK])
+            chunk = y[i, t : t + IM2COL_CHUNK]
+            torch.addmm(b, cols[i, t : t + IM2COL_CHUNK], w, out=chunk)
+            if epilogue is not None:
+                chunk.copy_(epilogue(chunk))
     return y
 
 
@@ -79,11 +91,10 @@ class ConvLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, T, C_in) -> (B, T', C_out) if `channels_last`, else (B, C_in, T) -> (B, C_out, T')."""
         if self.channels_last:
-            x = self.norm(strided_conv(x, self.conv.weight, self.conv.bias, self.stride))
-        else:
-            x = self.conv(x)
-            if self.norm is not None:  # GroupNorm(C, C), in float32 as fairseq's Fp32GroupNorm
-                x = F.group_norm(x.float(), x.shape[1], self.norm.weight, self.norm.bias, self.norm.eps).to(x.dtype)
+            return strided_conv(x, self.conv.weight, self.conv.bias, self.stride, lambda y: F.gelu(self.norm(y)))
+        x = self.conv(x)
+        if self.norm is not None:  # GroupNorm(C, C), in float32 as fairseq's Fp32GroupNorm
+            x = F.group_norm(x.float(), x.shape[1], self.norm.weight, self.norm.bias, self.norm.eps).to(x.dtype)
         if not x.requires_grad:  # nothing needs the pre-activation: save a copy
             return torch.ops.aten.gelu_(x)
         return F.gelu(x)
