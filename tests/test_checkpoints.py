@@ -362,3 +362,25 @@ def test_xlsr_checkpoint_round_trip(tmp_path):
     wave, lengths = batch()
     with torch.no_grad():
         torch.testing.assert_close(again(wave, lengths), model(wave, lengths), atol=0, rtol=0)
+
+
+def test_hub_ids_download_through_huggingface_hub_and_fail_cleanly_offline(tmp_path, monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    save_hf_dir(xlsr_model("none"), tmp_path / "snapshot")
+    asked = []
+
+    def fake_download(repo_id, allow_patterns):
+        asked.append(repo_id)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    model = load_model("facebook/wav2vec2-xls-r-300m")
+    assert asked == ["facebook/wav2vec2-xls-r-300m"] and model.cfg.head == "none"
+
+    def offline(repo_id, allow_patterns):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError, match="not a local path, and the hub download failed"):
+        load_model("someone/some-model")

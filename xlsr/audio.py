@@ -42,7 +42,7 @@ def _open_av(path: Path):
         import av
     except ImportError:
         raise AudioError(
-            path, "not a format soundfile reads (wav, flac, ogg, mp3); for m4a/webm/video, pip install av"
+            path, "not a readable audio file for soundfile (wav, flac, ogg, mp3); for m4a/webm/video, pip install av"
         ) from None
     try:
         container = av.open(str(path))

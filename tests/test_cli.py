@@ -1,0 +1,89 @@
+"""The command line: each command's output, and one-line errors with a non-zero exit for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import speechlike
+
+from xlsr.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("m") / "tiny"
+    assert main(["init", str(out), "--preset", "tiny"]) == 0
+    return out
+
+
+def test_init_and_info(tiny_model, capsys):
+    assert main(["info", str(tiny_model)]) == 0
+    text = capsys.readouterr().out
+    assert "pre-LN" in text and "2 layers, dim 32" in text and "codebook      2 groups x 16 entries" in text
+    assert main(["info", str(tiny_model), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["layers"] == 2 and data["frame_ms"] == 20 and data["parameters"] > data["encoder_parameters"]
+
+
+def test_convert_fairseq_ctc_then_info_shows_the_vocabulary(fixtures_dir, tmp_path, capsys):
+    assert main(["convert", str(fixtures_dir / "ctc.pt"), str(tmp_path / "hf")]) == 0
+    assert "ctc head" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "hf")]) == 0
+    out = capsys.readouterr().out
+    assert "vocabulary    32 tokens: <pad> <s> </s> <unk> | E T A" in out and "Hugging Face directory" in out
+
+
+def test_features_one_file_many_files_and_layers(tiny_model, tmp_path, capsys):
+    for i, seconds in enumerate((1.0, 0.5)):
+        sf.write(tmp_path / f"u{i}.wav", speechlike(seconds, seed=i), 16000)
+    assert main(["features", str(tiny_model), str(tmp_path / "u0.wav"), "--out", str(tmp_path / "one.npy")]) == 0
+    assert np.load(tmp_path / "one.npy").shape == (49, 32)  # 1 s = 49 frames of 20 ms (25 ms window)
+    assert main(["features", str(tiny_model), str(tmp_path), "--out", str(tmp_path / "feats"), "--layer", "0"]) == 0
+    assert np.load(tmp_path / "feats" / "u1.npy").shape == (24, 32)
+    assert not np.allclose(np.load(tmp_path / "feats" / "u0.npy"), np.load(tmp_path / "one.npy"))
+
+
+def test_features_bad_files_fail_alone_with_one_line_each(tiny_model, tmp_path, capsys):
+    sf.write(tmp_path / "good.wav", speechlike(0.6), 16000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("hello")
+    args = [str(tmp_path / n) for n in ("good.wav", "empty.wav", "text.wav", "missing.wav")]
+    code = main(["features", str(tiny_model), *args, "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert (tmp_path / "out" / "good.npy").exists()
+    assert len(err) == 4 and err[-1] == "xlsr: 1 feature files written, 3 failed"
+    assert all(line.startswith("xlsr: error: ") for line in err[:3])
+    assert any("empty.wav" in line and "empty" in line for line in err)
+    assert any("missing.wav" in line and "no such file" in line for line in err)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["info", "no/such/model"], "no/such/model: no such file or directory"),
+        (["init", "{out}", "--preset", "xlsr-3b"], "unknown preset 'xlsr-3b'"),
+        (["features", "{model}", "x.wav", "--out", "o.npy", "--layer", "9"], "--layer must be between 0 and 2"),
+        (["features", "{model}", "x.wav", "--out", "o.npy", "--device", "cuda:0"], "cuda"),
+    ],
+)
+def test_user_errors_are_one_line(argv, message, tiny_model, tmp_path, capsys):
+    argv = [a.format(model=tiny_model, out=tmp_path / "new") for a in argv]
+    if "--device" in argv and __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("xlsr: error: ") and message in err
+
+
+def test_module_entry_point_and_help():
+    out = subprocess.run([sys.executable, "-m", "xlsr", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("info", "convert", "features", "init"):
+        assert command in out
+    out = subprocess.run([sys.executable, "-m", "xlsr", "features", "--help"], capture_output=True, text=True).stdout
+    assert "hidden_states[K]" in out
