@@ -57,7 +57,7 @@ def test_features_bad_files_fail_alone_with_one_line_each(tiny_model, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert (tmp_path / "out" / "good.npy").exists()
-    assert len(err) == 4 and err[-1] == "xlsr: 1 feature files written, 3 failed"
+    assert len(err) == 4 and err[-1] == "xlsr: 1 feature files done, 3 failed"
     assert all(line.startswith("xlsr: error: ") for line in err[:3])
     assert any("empty.wav" in line and "empty" in line for line in err)
     assert any("missing.wav" in line and "no such file" in line for line in err)

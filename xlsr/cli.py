@@ -23,13 +23,15 @@ AUDIO_HELP = (
 )
 
 
-def _print_failures(results, what: str) -> int:
+def _print_failures(results, what: str, skipped: int = 0) -> int:
+    """One line per failed input, then a summary; the exit code says whether anything failed."""
     failed = [r for r in results if r.error]
     for r in failed:
-        print(f"xlsr: error: {r.input}: {r.error}", file=sys.stderr)
-    done = len(results) - len(failed)
-    if failed:
-        print(f"xlsr: {done} {what} written, {len(failed)} failed", file=sys.stderr)
+        print(f"xlsr: error: {getattr(r, 'input', None) or r.path}: {r.error}", file=sys.stderr)
+    done = len(results) - len(failed) - skipped
+    if failed or skipped:
+        extra = f", {skipped} skipped (output exists)" if skipped else ""
+        print(f"xlsr: {done} {what} done, {len(failed)} failed{extra}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -87,6 +89,66 @@ def cmd_features(args: argparse.Namespace) -> int:
     return _print_failures(results, "feature files")
 
 
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from .transcribe import print_transcripts, transcribe
+
+    options = {k: getattr(args, k) for k in TRANSCRIBE_OPTIONS}
+    results = transcribe(args.model, args.audio, output_dir=args.output_dir, format=args.format,
+                         skip_existing=args.skip_existing, quiet=args.quiet, **options)  # fmt: skip
+    if args.output_dir is None:
+        print_transcripts(results, args.format)
+    return _print_failures(results, "transcripts", skipped=sum(r.skipped for r in results))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    options = {k: getattr(args, k) for k in TRANSCRIBE_OPTIONS}
+    report = evaluate(args.model, args.manifest, json_path=args.json, quiet=args.quiet, **options)
+    print(report.table())
+    for f in report.failed:
+        print(f"xlsr: error: {f['path']}: {f['error']}", file=sys.stderr)
+    if report.failed:
+        print(f"xlsr: {len(report.failed)} utterances could not be scored", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+TRANSCRIBE_OPTIONS = ("chunk_seconds", "stride_seconds", "batch_seconds", "lm", "lexicon", "lm_weight", "word_score",
+                      "beam_size", "hotwords", "hotword_weight", "device", "dtype", "threads")  # fmt: skip
+
+
+def add_transcribe_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("long audio and batching")
+    g.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=20.0,
+        help="cut recordings into windows this long (default 20; 0: whole files)",
+    )
+    g.add_argument(
+        "--stride-seconds",
+        type=float,
+        default=3.0,
+        help="context on each side of a window, dropped when stitching (default 3)",
+    )
+    g.add_argument(
+        "--batch-seconds", type=float, default=60.0, help="audio per batch, across files sorted by length (default 60)"
+    )
+    g = p.add_argument_group("decoding (greedy unless --lm is given)")
+    g.add_argument("--lm", help="KenLM n-gram model (ARPA, or binary with --lexicon) for beam search")
+    g.add_argument("--lexicon", help="word list for the LM (default: the ARPA file's words)")
+    g.add_argument("--lm-weight", type=float, default=2.0, help="weight of the LM score (default 2.0)")
+    g.add_argument("--word-score", type=float, default=0.0, help="word insertion score (default 0)")
+    g.add_argument("--beam-size", type=int, default=50, help="beam size (default 50)")
+    g.add_argument("--hotwords", nargs="+", default=(), metavar="WORD", help="words to favour (added to the lexicon)")
+    g.add_argument("--hotword-weight", type=float, default=5.0, help="bonus per hotword, in LM units (default 5)")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    g.add_argument("--dtype", help="float32 (CPU default), float16 (GPU default) or bfloat16")
+    g.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xlsr",
@@ -139,6 +201,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, metavar="K", help="output of block K instead of the final output")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no per-file lines")
+
+    p = command(
+        "transcribe",
+        cmd_transcribe,
+        "speech to text with a CTC model",
+        "Transcribe audio with a CTC model (greedy, or beam search with a KenLM n-gram model). Files of any "
+        "length are cut into overlapping windows; files are sorted by length and batched. A file that cannot be "
+        "read is reported on one line and every other file is still transcribed; the exit code is 1 if any failed.",
+    )
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("audio", nargs="+", help=AUDIO_HELP)
+    p.add_argument(
+        "--format",
+        default="txt",
+        choices=["txt", "json", "srt", "vtt", "tsv"],
+        help="txt (default), json (words with times and confidence), srt, vtt, tsv (cues)",
+    )
+    p.add_argument("--output-dir", help="write one <name>.<format> per input here (default: print to stdout)")
+    p.add_argument("--skip-existing", action="store_true", help="with --output-dir: skip inputs already written")
+    add_transcribe_options(p)
+
+    p = command(
+        "evaluate",
+        cmd_evaluate,
+        "score a model on a manifest: WER/CER (CTC) or accuracy (classification)",
+        "Transcribe a manifest with a 'text' column and report word and character error rates (jiwer), overall "
+        "and per language, after lower-casing and removing punctuation on both sides.",
+    )
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("manifest", help="TSV manifest with 'path' and 'text' (and optionally 'lang') columns")
+    p.add_argument("--json", metavar="PATH", help="also write the full report (with every utterance) as JSON")
+    add_transcribe_options(p)
     return parser
 
 

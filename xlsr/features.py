@@ -12,7 +12,7 @@ import torch
 from .audio import load_audio, normalize
 from .checkpoints import load_model
 from .checkpoints.io import atomic_path
-from .data.manifest import expand_inputs, output_names
+from .data.manifest import InputError, Utterance, expand_inputs, output_names
 from .errors import ConfigError, XlsrError
 from .models import Wav2Vec2Model
 from .runtime import progress, resolve_device
@@ -53,13 +53,18 @@ def features(
     net = model if isinstance(model, Wav2Vec2Model) else load_model(model, device=resolve_device(device))
     if layer is not None and not 0 <= layer <= net.cfg.encoder_layers:
         raise ConfigError(f"--layer must be between 0 and {net.cfg.encoder_layers} for this model, not {layer}")
-    items, errors = expand_inputs(audio)
-    results = [FileResult(path, error=cause) for path, cause in errors]
+    entries = expand_inputs(audio)
+    items = [u for u in entries if isinstance(u, Utterance)]
     out = Path(out)
-    single = len(items) == 1 and not errors and out.suffix == ".npy"
-    names = output_names([u.path for u in items])
+    single = len(entries) == 1 and len(items) == 1 and out.suffix == ".npy"
+    names = iter(output_names([u.path for u in items]))
     bar = progress(len(items), "features", "file", quiet)
-    for utt, name in zip(items, names):
+    results = []
+    for utt in entries:
+        if isinstance(utt, InputError):
+            results.append(FileResult(utt.path, error=utt.cause))
+            continue
+        name = next(names)
         dest = out if single else out / f"{name}.npy"
         try:
             array = embed(net, load_audio(utt.path, net.preprocessing.sample_rate), layer)

@@ -109,28 +109,35 @@ def write_manifest(path: str | Path, utterances: list[Utterance], columns: list[
     atomic_write_text(path, "\n".join(rows) + "\n")
 
 
-def expand_inputs(inputs: list[str | Path]) -> tuple[list[Utterance], list[tuple[str, str]]]:
-    """Files, folders (searched recursively for audio files) and manifests (.tsv) -> utterances,
-    plus (input, cause) for every input that yields nothing: a missing path, an empty folder."""
-    items: list[Utterance] = []
-    errors: list[tuple[str, str]] = []
+@dataclass
+class InputError:
+    """An input that yields no audio: a missing path, an empty folder, a broken manifest."""
+
+    path: str
+    cause: str
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Utterance | InputError]:
+    """Files, folders (searched recursively for audio files) and manifests (.tsv) -> utterances, in
+    order, with an InputError in place of every input that yields nothing."""
+    out: list[Utterance | InputError] = []
     for raw in inputs:
         p = Path(raw)
         if not p.exists():
-            errors.append((str(raw), "no such file or directory"))
+            out.append(InputError(str(raw), "no such file or directory"))
         elif p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
+            out.extend(Utterance(f) for f in found)
             if not found:
-                errors.append((str(raw), "directory contains no audio files"))
-            items.extend(Utterance(f) for f in found)
+                out.append(InputError(str(raw), "directory contains no audio files"))
         elif p.suffix.lower() in (".tsv", ".manifest"):
             try:
-                items.extend(read_manifest(p))
+                out.extend(read_manifest(p))
             except DataError as e:
-                errors.append((str(raw), str(e).removeprefix(f"{p}: ")))
+                out.append(InputError(str(raw), str(e).removeprefix(f"{p}: ")))
         else:
-            items.append(Utterance(p))
-    return items, errors
+            out.append(Utterance(p))
+    return out
 
 
 def output_names(paths: list[Path]) -> list[str]:
