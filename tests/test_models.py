@@ -72,7 +72,7 @@ def test_whole_model_and_hidden_states_match_transformers(layout, tmp_path, audi
     wave = audio[0][:1]
     with torch.no_grad():
         ref = hf(wave, output_hidden_states=True)
-        out = ours.encode(wave)
+        out = ours.encode(wave, return_hidden_states=True)
     torch.testing.assert_close(out.x, ref.last_hidden_state, atol=ATOL, rtol=0)
     torch.testing.assert_close(out.features, ref.extract_features, atol=ATOL, rtol=0)
     assert len(out.hidden_states) == len(ref.hidden_states) == 3

@@ -35,9 +35,7 @@ def embed(model: Wav2Vec2Model, waveform: np.ndarray, layer: int | None = None) 
     if model.preprocessing.do_normalize:
         x = normalize(x, eps=model.preprocessing.normalize_eps)
     x = x.to(model.mask_emb.dtype)
-    out = model.encode(x, num_layers=layer)
-    result = out.x if layer is None else out.hidden_states[layer]
-    return result[0].float().cpu().numpy()
+    return model.encode(x, num_layers=layer).x[0].float().cpu().numpy()  # with num_layers=K, x is block K's output
 
 
 def features(

@@ -124,6 +124,11 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """waveforms: (B, S) float, lengths: (B,) long samples -> features (B, T, C), lengths (B,) frames."""
+        if waveforms.shape[0] > 1 and not torch.is_grad_enabled():
+            # Inference: one utterance at a time (the convolutions never mix them), so the first layers'
+            # large outputs (512 channels at 3.2 kHz) exist for one utterance, not the batch.
+            features = torch.cat([self(w[None])[0] for w in waveforms])
+            return features, None if lengths is None else self.output_lengths(lengths)
         channels_last = self.conv_layers[0].channels_last
         x = waveforms[:, :, None] if channels_last else waveforms[:, None]  # (B, S, 1) or (B, 1, S)
         for layer in self.conv_layers:

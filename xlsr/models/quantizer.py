@@ -50,12 +50,13 @@ class GumbelVectorQuantizer(nn.Module):
         self.codevectors = nn.Parameter(torch.rand(1, groups * num_vars, vq_dim // groups))
         self.temperature = 2.0
 
-    def forward(self, x: Tensor) -> QuantizerOutput:
-        """x: (N, dim) frames to quantize (only the frames that need targets) -> QuantizerOutput."""
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> QuantizerOutput:
+        """x: (N, dim) frames to quantize (only the frames that need targets) -> QuantizerOutput.
+        `generator` draws the Gumbel noise in training (None: the global generator)."""
         N = x.shape[0]
         logits = self.weight_proj(x).view(N, self.groups, self.num_vars).float()  # (N, G, V)
         argmax = F.one_hot(logits.argmax(-1), self.num_vars).to(logits.dtype)
-        onehot = F.gumbel_softmax(logits, tau=self.temperature, hard=True) if self.training else argmax
+        onehot = self._gumbel_onehot(logits, generator) if self.training else argmax
         prob_ppl = perplexity(logits.softmax(-1))
         code_ppl = perplexity(argmax)
         codebook = self.codevectors.view(self.groups, self.num_vars, -1)  # (G, V, d)
@@ -63,3 +64,11 @@ class GumbelVectorQuantizer(nn.Module):
         quantized = torch.bmm(onehot.to(codebook.dtype).transpose(0, 1), codebook)
         codes = onehot.argmax(-1)
         return QuantizerOutput(quantized.transpose(0, 1).reshape(N, -1), codes, prob_ppl, code_ppl)
+
+    def _gumbel_onehot(self, logits: Tensor, generator: torch.Generator | None) -> Tensor:
+        """F.gumbel_softmax(logits, tau, hard=True), with the noise drawn from `generator`: a hard one-hot
+        forward, the soft sample's gradient backward (straight-through)."""
+        gumbels = -torch.empty_like(logits).exponential_(generator=generator).log()
+        soft = ((logits + gumbels) / self.temperature).softmax(-1)
+        hard = F.one_hot(soft.argmax(-1), self.num_vars).to(soft.dtype)
+        return hard - soft.detach() + soft

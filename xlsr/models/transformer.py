@@ -118,13 +118,18 @@ class TransformerEncoder(nn.Module):
         self.layerdrop_generator: torch.Generator | None = None
 
     def forward(
-        self, x: Tensor, padding_mask: Tensor | None = None, num_layers: int | None = None
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None = None,
+        num_layers: int | None = None,
+        return_hidden_states: bool = False,
     ) -> tuple[Tensor, list[Tensor]]:
         """x: (B, T, D); padding_mask: (B, T) bool, True = padded.
 
-        Returns the output (B, T, D) and the hidden states [input of block 0, output of block 1, ...]
-        (transformers' `hidden_states`). With `num_layers=K` only K blocks run and the output is the raw
-        output of block K (no final layer norm).
+        Returns the output (B, T, D) and, if asked, the hidden states [input of block 0, output of block 1,
+        ...] (transformers' `hidden_states`; kept only on request: they cost a model-sized activation per
+        layer). With `num_layers=K` only K blocks run and the output is the raw output of block K (no final
+        layer norm), i.e. hidden_states[K].
         """
         if padding_mask is not None:
             # padded frames are zeroed so the positional conv sees the same zeros as an unpadded utterance
@@ -134,17 +139,19 @@ class TransformerEncoder(nn.Module):
             x = self.layer_norm(x)
         x = F.dropout(x, self.dropout, self.training)
         attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]  # (B, 1, 1, T)
-        hidden_states = [x]
+        hidden_states = [x] if return_hidden_states else []
         for layer in self.layers[:num_layers]:
             if self.training and self.layerdrop > 0:
                 if torch.rand((), generator=self.layerdrop_generator) < self.layerdrop:
-                    hidden_states.append(x)
+                    if return_hidden_states:
+                        hidden_states.append(x)
                     continue
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, attn_mask, use_reentrant=False)
             else:
                 x = layer(x, attn_mask)
-            hidden_states.append(x)
+            if return_hidden_states:
+                hidden_states.append(x)
         if self.layer_norm_first and num_layers is None:
             x = self.layer_norm(x)
         return x, hidden_states

@@ -25,7 +25,7 @@ from .transformer import TransformerEncoder
 @dataclass
 class EncoderOutput:
     x: Tensor  # (B, T, D) final output (transformers `last_hidden_state`)
-    hidden_states: list[Tensor]  # input of block 0, then each block's output (transformers `hidden_states`)
+    hidden_states: list[Tensor]  # input of block 0, then each block's output (transformers `hidden_states`), on request
     features: Tensor  # (B, T, C) layer-normed conv features, the quantizer's input (transformers `extract_features`)
     padding_mask: Tensor | None  # (B, T) bool, True = padded frame; None when nothing is padded
     lengths: Tensor | None  # (B,) long, valid frames
@@ -104,12 +104,14 @@ class Wav2Vec2Model(nn.Module):
         channel_mask: Tensor | None = None,
         num_layers: int | None = None,
         feature_grad_mult: float = 1.0,
+        return_hidden_states: bool = False,
     ) -> EncoderOutput:
         """waveforms: (B, S) float, already normalised as the model's preprocessing says;
         lengths: (B,) long valid samples (None: nothing is padded);
         time_mask: (B, T) bool, True = replace the frame with `mask_emb` (pretraining, SpecAugment);
         channel_mask: (B, D) bool, True = zero this channel in every frame (SpecAugment);
         num_layers: stop after this many blocks (see `TransformerEncoder.forward`);
+        return_hidden_states: keep every block's output in `hidden_states` (else it is empty);
         feature_grad_mult: gradient scale into the feature encoder (0 freezes it; fairseq `feature_grad_mult`).
         """
         if feature_grad_mult > 0 or not torch.is_grad_enabled():
@@ -129,13 +131,13 @@ class Wav2Vec2Model(nn.Module):
             x = torch.where(time_mask[..., None], self.mask_emb.to(x.dtype), x)
         if channel_mask is not None:
             x = x.masked_fill(channel_mask[:, None, :], 0.0)
-        x, hidden_states = self.encoder(x, pad, num_layers)
+        x, hidden_states = self.encoder(x, pad, num_layers, return_hidden_states)
         return EncoderOutput(x, hidden_states, normed, pad, frame_lengths, features_pen)
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
         """waveforms: (B, S), lengths: (B,) -> CTC logits (B, T, V), class logits (B, num_labels),
         or, for the other heads, the encoder output (B, T, D)."""
-        out = self.encode(waveforms, lengths)
+        out = self.encode(waveforms, lengths, return_hidden_states=self.cfg.use_weighted_layer_sum)
         if isinstance(self.head, CTCHead):
             return self.head(out.x)
         if isinstance(self.head, ClassificationHead):
