@@ -110,9 +110,24 @@ def main() -> None:
             np.save(f"{tmp}/audio.npy", wave)
             res = {}
             for impl in ("transformers", "xlsr"):
-                cmd = [sys.executable, __file__, "--impl", impl, "--model-dir", f"{tmp}/model", "--audio",
-                       f"{tmp}/audio.npy", "--seconds", str(seconds), "--repeats", str(args.repeats),
-                       "--threads", str(args.threads), "--device", args.device]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--impl",
+                    impl,
+                    "--model-dir",
+                    f"{tmp}/model",
+                    "--audio",
+                    f"{tmp}/audio.npy",
+                    "--seconds",
+                    str(seconds),
+                    "--repeats",
+                    str(args.repeats),
+                    "--threads",
+                    str(args.threads),
+                    "--device",
+                    args.device,
+                ]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 res[impl] = json.loads(out.strip().splitlines()[-1])
                 r = res[impl]

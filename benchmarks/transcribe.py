@@ -35,15 +35,21 @@ def worker(args) -> dict:
     if args.impl == "xlsr":
         from xlsr.transcribe import transcribe
 
-        text = transcribe(args.model_dir, [args.audio], chunk_seconds=CHUNK, stride_seconds=STRIDE,
-                          batch_seconds=CHUNK * BATCH, device="cpu", quiet=True)[0].text  # fmt: skip
+        text = transcribe(
+            args.model_dir,
+            [args.audio],
+            chunk_seconds=CHUNK,
+            stride_seconds=STRIDE,
+            batch_seconds=CHUNK * BATCH,
+            device="cpu",
+            quiet=True,
+        )[0].text
     else:
         from transformers import pipeline
 
         audio, rate = sf.read(args.audio, dtype="float32")
         asr = pipeline("automatic-speech-recognition", model=args.model_dir, device="cpu")
-        out = asr({"raw": audio, "sampling_rate": rate}, chunk_length_s=CHUNK, stride_length_s=STRIDE,
-                  batch_size=BATCH)  # fmt: skip
+        out = asr({"raw": audio, "sampling_rate": rate}, chunk_length_s=CHUNK, stride_length_s=STRIDE, batch_size=BATCH)
         text = out["text"]
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -72,8 +78,10 @@ def main() -> None:
         torch.manual_seed(0)
         model = Wav2Vec2Model(preset(args.preset, head="ctc", vocab_size=len(VOCAB)))
         save_hf_dir(model, f"{tmp}/model", CTCTokenizer(VOCAB))
-        print(f"{args.preset} + CTC head, cpu, {args.threads} threads; {CHUNK:g} s windows, {STRIDE:g} s strides, "
-              f"{BATCH} windows per batch")  # fmt: skip
+        print(
+            f"{args.preset} + CTC head, cpu, {args.threads} threads; {CHUNK:g} s windows, {STRIDE:g} s strides, "
+            f"{BATCH} windows per batch"
+        )
         print(f"{'audio':>8} {'impl':>13} {'time s':>9} {'RTF':>7} {'peak MB':>9}")
         rng = np.random.default_rng(0)
         for minutes in args.minutes:
@@ -84,15 +92,28 @@ def main() -> None:
                     f.write((0.1 * rng.standard_normal(160000) * (1 + np.sin(2 * np.pi * 0.5 * t))).astype(np.float32))
             res = {}
             for impl in ("transformers", "xlsr"):
-                cmd = [sys.executable, __file__, "--impl", impl, "--model-dir", f"{tmp}/model", "--audio", path,
-                       "--threads", str(args.threads)]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--impl",
+                    impl,
+                    "--model-dir",
+                    f"{tmp}/model",
+                    "--audio",
+                    path,
+                    "--threads",
+                    str(args.threads),
+                ]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 res[impl] = r = json.loads(out.strip().splitlines()[-1])
                 rtf = r["seconds"] / (minutes * 60)
                 print(f"{minutes:>6g}mn {impl:>13} {r['seconds']:>9.1f} {rtf:>7.3f} {r['peak_mb']:>9.0f}", flush=True)
             x, t_ = res["xlsr"], res["transformers"]
-            print(f"{'':>8} {'xlsr/transf.':>13} {x['seconds'] / t_['seconds']:>9.2f} {'':>7} "
-                  f"{x['peak_mb'] / t_['peak_mb']:>9.2f}", flush=True)  # fmt: skip
+            print(
+                f"{'':>8} {'xlsr/transf.':>13} {x['seconds'] / t_['seconds']:>9.2f} {'':>7} "
+                f"{x['peak_mb'] / t_['peak_mb']:>9.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

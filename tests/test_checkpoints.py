@@ -39,8 +39,12 @@ def xlsr_model(head: str, layout: str = "layer_norm", **changes) -> Wav2Vec2Mode
     return randomize(Wav2Vec2Model(cfg)).eval()
 
 
-HF_CLASSES = {"none": "Wav2Vec2Model", "pretraining": "Wav2Vec2ForPreTraining", "ctc": "Wav2Vec2ForCTC",
-              "classification": "Wav2Vec2ForSequenceClassification"}  # fmt: skip
+HF_CLASSES = {
+    "none": "Wav2Vec2Model",
+    "pretraining": "Wav2Vec2ForPreTraining",
+    "ctc": "Wav2Vec2ForCTC",
+    "classification": "Wav2Vec2ForSequenceClassification",
+}
 
 
 @pytest.mark.parametrize("layout", ["layer_norm", "group_norm"])
@@ -240,8 +244,11 @@ def _old_style(ckpt: dict) -> dict:
     else:
         model_cfg["arch"] = "wav2vec2"
     del model_cfg["_name"]
-    return {"args": argparse.Namespace(**{**model_cfg, "normalize": task["normalize"], "labels": task.get("labels")}),
-            "model": ckpt["model"], "extra_state": {"best": np.float64(0.5)}}  # fmt: skip
+    return {
+        "args": argparse.Namespace(**{**model_cfg, "normalize": task["normalize"], "labels": task.get("labels")}),
+        "model": ckpt["model"],
+        "extra_state": {"best": np.float64(0.5)},
+    }
 
 
 def test_old_style_fairseq_checkpoints_load_the_same(fixtures_dir, tmp_path):
@@ -323,7 +330,7 @@ def test_fairseq_bookkeeping_objects_load_as_inert_data(tmp_path, monkeypatch):
         (b"", "the file is empty"),
         (b"not a checkpoint at all", "not a readable PyTorch checkpoint"),
         (b"PK\x03\x04broken zip", "not a readable PyTorch checkpoint"),
-    ],  # fmt: skip
+    ],
 )
 def test_corrupt_checkpoint_files_give_one_line_errors(tmp_path, content, message):
     (tmp_path / "bad.pt").write_bytes(content)

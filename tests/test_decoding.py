@@ -51,8 +51,13 @@ def test_alignment_gives_exact_character_and_word_times():
     hyp = align(path, np.full(len(path), 0.5), tok, frame_seconds=0.02)
     assert hyp.text == "CAB DA" == tok.decode(path.tolist())
     assert [(c.text, round(c.start, 2), round(c.end, 2)) for c in hyp.chars] == [
-        ("C", 0.02, 0.06), ("A", 0.08, 0.10), ("B", 0.10, 0.14), (" ", 0.14, 0.18), ("D", 0.20, 0.22), ("A", 0.24, 0.28)
-    ]  # fmt: skip
+        ("C", 0.02, 0.06),
+        ("A", 0.08, 0.10),
+        ("B", 0.10, 0.14),
+        (" ", 0.14, 0.18),
+        ("D", 0.20, 0.22),
+        ("A", 0.24, 0.28),
+    ]
     assert [(w.word, round(w.start, 2), round(w.end, 2)) for w in hyp.words] == [
         ("CAB", 0.02, 0.14),
         ("DA", 0.20, 0.28),

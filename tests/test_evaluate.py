@@ -16,8 +16,12 @@ from xlsr.transcribe import transcribe
 
 @pytest.fixture
 def manifest(tmp_path):
-    rows = [("a.wav", "en", "Eat ten, it's so!"), ("b.wav", "fr", "On a toit."), ("c.wav", "en", "Tie it on"),
-            ("d.wav", "fr", "...")]  # fmt: skip
+    rows = [
+        ("a.wav", "en", "Eat ten, it's so!"),
+        ("b.wav", "fr", "On a toit."),
+        ("c.wav", "en", "Tie it on"),
+        ("d.wav", "fr", "..."),
+    ]
     for i, (name, _, _) in enumerate(rows):
         sf.write(tmp_path / name, speechlike(1.0 + i / 3, seed=i), 16000)
     (tmp_path / "broken.wav").write_bytes(b"junk")

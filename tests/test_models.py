@@ -167,12 +167,20 @@ def test_presets_have_the_published_sizes_and_transformers_parameter_counts():
 
     from xlsr.checkpoints.hf import to_hf_config
 
-    expected = {"xlsr-300m": (24, 1024, 4096, 16), "xlsr-1b": (48, 1280, 5120, 16), "xlsr-2b": (48, 1920, 7680, 16),
-                "wav2vec2-base": (12, 768, 3072, 12)}  # fmt: skip
+    expected = {
+        "xlsr-300m": (24, 1024, 4096, 16),
+        "xlsr-1b": (48, 1280, 5120, 16),
+        "xlsr-2b": (48, 1920, 7680, 16),
+        "wav2vec2-base": (12, 768, 3072, 12),
+    }
     for name, (layers, dim, ffn, heads) in expected.items():
         cfg = preset(name, head="none")
         assert (cfg.encoder_layers, cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads) == (
-            layers, dim, ffn, heads)  # fmt: skip
+            layers,
+            dim,
+            ffn,
+            heads,
+        )
         assert cfg.frame_stride == 320 and cfg.receptive_field == 400
         assert (cfg.conv_pos, cfg.conv_pos_groups) == (128, 16)
         with torch.device("meta"):

@@ -29,8 +29,10 @@ def test_masks_cover_about_half_of_the_frames_in_spans_and_never_padding():
     assert all(r >= 10 for r in runs)
     again = compute_mask(lengths, 400, 0.65, 10, 2, torch.Generator().manual_seed(0))
     assert torch.equal(mask, again)
-    shares = [compute_mask(torch.tensor([500]), 500, 0.65, 10, 2, torch.Generator().manual_seed(s)).float().mean()
-              for s in range(50)]  # fmt: skip
+    shares = [
+        compute_mask(torch.tensor([500]), 500, 0.65, 10, 2, torch.Generator().manual_seed(s)).float().mean()
+        for s in range(50)
+    ]
     assert abs(float(torch.stack(shares).mean()) - (1 - (1 - 10 / 490) ** 32.5)) < 0.02
 
 
@@ -78,8 +80,12 @@ def test_losses_equal_transformers_given_the_same_mask_and_negatives(layout, tmp
     negatives = sample_negatives(mask, 20, torch.Generator().manual_seed(2))
     with torch.no_grad():
         out = pretraining_forward(ours, wave, lengths, mask, negatives)
-        ref = hf(wave, attention_mask=(~padding_mask(lengths, wave.shape[1])).long(), mask_time_indices=mask,
-                 sampled_negative_indices=to_hf_negatives(mask, negatives))  # fmt: skip
+        ref = hf(
+            wave,
+            attention_mask=(~padding_mask(lengths, wave.shape[1])).long(),
+            mask_time_indices=mask,
+            sampled_negative_indices=to_hf_negatives(mask, negatives),
+        )
     torch.testing.assert_close(out.contrastive, ref.contrastive_loss, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.diversity * out.count, ref.diversity_loss, rtol=1e-5, atol=1e-5)
     assert out.code_perplexity == pytest.approx(float(ref.codevector_perplexity), rel=1e-5)
@@ -105,6 +111,11 @@ def test_training_mode_backpropagates_and_draws_gumbel_noise_from_the_generator(
     assert a.contrastive.item() == b.contrastive.item() != c.contrastive.item()
     (a.loss((0.1, 10.0)) / a.count).backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
-    for name in ("head.quantizer.codevectors", "head.quantizer.weight_proj.weight", "head.final_proj.weight",
-                 "feature_encoder.conv_layers.0.conv.weight", "mask_emb"):  # fmt: skip
+    for name in (
+        "head.quantizer.codevectors",
+        "head.quantizer.weight_proj.weight",
+        "head.final_proj.weight",
+        "feature_encoder.conv_layers.0.conv.weight",
+        "mask_emb",
+    ):
         assert grads[name] is not None and grads[name].abs().sum() > 0, name

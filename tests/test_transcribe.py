@@ -115,8 +115,21 @@ def test_chunked_transcripts_agree_with_unchunked(tmp_path):
 def test_output_formats_and_timestamps(hf_ctc, tmp_path, capsys):
     model_dir, files = hf_ctc
     for fmt in ("txt", "json", "srt", "vtt", "tsv"):
-        assert main(["transcribe", str(model_dir), *map(str, files), "--output-dir", str(tmp_path), "--format", fmt,
-                     "--quiet"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "transcribe",
+                    str(model_dir),
+                    *map(str, files),
+                    "--output-dir",
+                    str(tmp_path),
+                    "--format",
+                    fmt,
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     text = transcribe(model_dir, [files[2]], quiet=True)[0].text
     assert (tmp_path / "utt2.txt").read_text() == text + "\n"
     data = json.loads((tmp_path / "utt2.json").read_text())
@@ -144,12 +157,20 @@ def test_output_formats_and_timestamps(hf_ctc, tmp_path, capsys):
 def test_lm_decoding_outputs_only_lexicon_words(hf_ctc, tmp_path):
     model_dir, files = hf_ctc
     (tmp_path / "lm.arpa").write_text(ARPA.replace("cab", "eat").replace("bad", "ten").replace("dab", "tie"))
-    out = transcribe(model_dir, files, lm=str(tmp_path / "lm.arpa"), lm_weight=1.0, word_score=2.0, beam_size=20,
-                     quiet=True)  # fmt: skip
+    out = transcribe(
+        model_dir, files, lm=str(tmp_path / "lm.arpa"), lm_weight=1.0, word_score=2.0, beam_size=20, quiet=True
+    )
     words = {w for t in out for w in t.text.split()}
     assert words and words <= {"EAT", "TEN", "TIE"}
-    hot = transcribe(model_dir, files[:1], lm=str(tmp_path / "lm.arpa"), hotwords=("SIT",), hotword_weight=50.0,
-                     word_score=2.0, quiet=True)  # fmt: skip
+    hot = transcribe(
+        model_dir,
+        files[:1],
+        lm=str(tmp_path / "lm.arpa"),
+        hotwords=("SIT",),
+        hotword_weight=50.0,
+        word_score=2.0,
+        quiet=True,
+    )
     assert "SIT" in hot[0].text.split()
 
 
@@ -166,8 +187,13 @@ def test_bad_inputs_fail_alone_and_the_rest_is_written(hf_ctc, tmp_path, capsys)
     data = (bad / "cut.flac").read_bytes()
     (bad / "cut.flac").write_bytes(data[: len(data) // 2])
     (tmp_path / "noaudio").mkdir()
-    inputs = [str(files[0]), *map(str, sorted(bad.iterdir())), str(tmp_path / "noaudio"), str(tmp_path / "nope.wav"),
-              str(files[3])]  # fmt: skip
+    inputs = [
+        str(files[0]),
+        *map(str, sorted(bad.iterdir())),
+        str(tmp_path / "noaudio"),
+        str(tmp_path / "nope.wav"),
+        str(files[3]),
+    ]
     code = main(["transcribe", str(model_dir), *inputs, "--output-dir", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
@@ -175,8 +201,14 @@ def test_bad_inputs_fail_alone_and_the_rest_is_written(hf_ctc, tmp_path, capsys)
         ["cut.txt", "utt0.txt", "utt3.txt"],
         ["utt0.txt", "utt3.txt"],
     )  # a truncated flac may decode in part
-    reasons = {"empty.wav": "empty", "notes.wav": "not a readable audio file", "zero.wav": "no audio samples",
-               "tiny.wav": "too short", "noaudio": "no audio files", "nope.wav": "no such file"}  # fmt: skip
+    reasons = {
+        "empty.wav": "empty",
+        "notes.wav": "not a readable audio file",
+        "zero.wav": "no audio samples",
+        "tiny.wav": "too short",
+        "noaudio": "no audio files",
+        "nope.wav": "no such file",
+    }
     for name, reason in reasons.items():
         assert any(name in line and reason in line for line in err), name
     assert all(line.startswith("xlsr: ") for line in err) and "failed" in err[-1]
@@ -228,7 +260,8 @@ def test_peak_memory_does_not_grow_with_recording_length(tmp_path):
     probe = MEMORY_PROBE.format(tests=str(Path(__file__).parent))
     peak = {}
     for name in ("short", "long"):
-        out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / f"{name}.wav")], capture_output=True,
-                             text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path / f"{name}.wav")], capture_output=True, text=True, check=True
+        )
         peak[name] = int(out.stdout.split()[-1]) / 1024
     assert peak["long"] < 1.2 * peak["short"], peak

@@ -21,10 +21,16 @@ def test_cues_break_at_pauses_durations_and_length():
 
 
 def test_srt_vtt_tsv_json():
-    t = Transcript("a.wav", "hello world again", words(("hello", 3661.0, 3661.5), ("world", 3661.6, 3662.0),
-                                                        ("again", 3665.0, 3665.25)), 3670.0, "m")  # fmt: skip
-    assert render(t, "srt") == ("1\n01:01:01,000 --> 01:01:02,000\nhello world\n\n"
-                                "2\n01:01:05,000 --> 01:01:05,250\nagain\n")  # fmt: skip
+    t = Transcript(
+        "a.wav",
+        "hello world again",
+        words(("hello", 3661.0, 3661.5), ("world", 3661.6, 3662.0), ("again", 3665.0, 3665.25)),
+        3670.0,
+        "m",
+    )
+    assert render(t, "srt") == (
+        "1\n01:01:01,000 --> 01:01:02,000\nhello world\n\n2\n01:01:05,000 --> 01:01:05,250\nagain\n"
+    )
     assert render(t, "vtt").startswith("WEBVTT\n\n01:01:01.000 --> 01:01:02.000\nhello world\n")
     assert render(t, "tsv") == "start\tend\ttext\n3661.000\t3662.000\thello world\n3665.000\t3665.250\tagain\n"
     data = json.loads(render(t, "json"))

@@ -22,9 +22,28 @@ from .errors import AudioError
 from .models.padding import padding_mask
 
 AUDIO_EXTENSIONS = {
-    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64",
-    ".m4a", ".aac", ".webm", ".mka", ".mkv", ".mp4", ".mov", ".wma", ".amr",
-}  # fmt: skip
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".aiff",
+    ".aif",
+    ".au",
+    ".caf",
+    ".w64",
+    ".rf64",
+    ".m4a",
+    ".aac",
+    ".webm",
+    ".mka",
+    ".mkv",
+    ".mp4",
+    ".mov",
+    ".wma",
+    ".amr",
+}
 BLOCK_SECONDS = 30.0  # what stream_audio decodes at a time
 
 

@@ -93,8 +93,15 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from .transcribe import print_transcripts, transcribe
 
     options = {k: getattr(args, k) for k in TRANSCRIBE_OPTIONS}
-    results = transcribe(args.model, args.audio, output_dir=args.output_dir, format=args.format,
-                         skip_existing=args.skip_existing, quiet=args.quiet, **options)  # fmt: skip
+    results = transcribe(
+        args.model,
+        args.audio,
+        output_dir=args.output_dir,
+        format=args.format,
+        skip_existing=args.skip_existing,
+        quiet=args.quiet,
+        **options,
+    )
     if args.output_dir is None:
         print_transcripts(results, args.format)
     return _print_failures(results, "transcripts", skipped=sum(r.skipped for r in results))
@@ -113,8 +120,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-TRANSCRIBE_OPTIONS = ("chunk_seconds", "stride_seconds", "batch_seconds", "lm", "lexicon", "lm_weight", "word_score",
-                      "beam_size", "hotwords", "hotword_weight", "device", "dtype", "threads")  # fmt: skip
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .pretraining.task import pretrain
+
+    result = pretrain(args.train, args.out, valid=args.valid, config=args.config, preset=args.preset, init=args.init,
+                      set=args.set, quiet=args.quiet)  # fmt: skip
+    print(f"done: {result['update']} updates; checkpoints in {result['out_dir']}/checkpoints")
+    return 0
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", required=True, help="training manifest (TSV: path, samples, lang, ...; or fairseq's)")
+    p.add_argument("--valid", help="validation manifest")
+    p.add_argument("--out", required=True, help="output directory; re-running with the same one resumes")
+    p.add_argument("--config", help="YAML file of training options (keys as in the resolved config.yaml)")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override options, e.g. --set lr=1e-4 max_update=20000 model.dropout=0.0",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+
+
+TRANSCRIBE_OPTIONS = (
+    "chunk_seconds",
+    "stride_seconds",
+    "batch_seconds",
+    "lm",
+    "lexicon",
+    "lm_weight",
+    "word_score",
+    "beam_size",
+    "hotwords",
+    "hotword_weight",
+    "device",
+    "dtype",
+    "threads",
+)
 
 
 def add_transcribe_options(p: argparse.ArgumentParser) -> None:
@@ -233,6 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="TSV manifest with 'path' and 'text' (and optionally 'lang') columns")
     p.add_argument("--json", metavar="PATH", help="also write the full report (with every utterance) as JSON")
     add_transcribe_options(p)
+
+    p = command(
+        "pretrain",
+        cmd_pretrain,
+        "self-supervised pretraining with the XLS-R objective",
+        "Pretrain a model from scratch (--preset) or continue from any checkpoint (--init) on unlabelled audio, "
+        "with the wav2vec 2.0 / XLS-R objective. Runs on one CPU or GPU, or on many with "
+        "`torchrun --nproc_per_node N -m xlsr pretrain ...` (DDP; --set fsdp=true shards big models). "
+        "Writes OUT/config.yaml (every option, resolved), logs (log.jsonl, train.csv, valid.csv, tb/) and "
+        "OUT/checkpoints/; a killed run resumes where its last checkpoint left off when re-run.",
+    )
+    add_training_options(p)
+    p.add_argument(
+        "--preset", help="model size from scratch: xlsr-300m (default), xlsr-1b, xlsr-2b, wav2vec2-base, small, tiny"
+    )
+    p.add_argument("--init", help="start from this model instead: " + MODEL_HELP)
     return parser
 
 

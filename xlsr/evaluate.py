@@ -41,9 +41,13 @@ class AsrReport:
 
     def to_dict(self) -> dict[str, Any]:
         rates = lambda r: {"wer": r.wer, "cer": r.cer, "utterances": r.utterances, "words": r.words}  # noqa: E731
-        return {"overall": rates(self.overall), "per_language": {k: rates(v) for k, v in self.per_language.items()},
-                "failed": self.failed, "skipped_empty_references": self.skipped_empty,
-                "utterances": self.utterances}  # fmt: skip
+        return {
+            "overall": rates(self.overall),
+            "per_language": {k: rates(v) for k, v in self.per_language.items()},
+            "failed": self.failed,
+            "skipped_empty_references": self.skipped_empty,
+            "utterances": self.utterances,
+        }
 
     def table(self) -> str:
         lines = [f"{'language':<12} {'utts':>6} {'words':>7} {'WER %':>7} {'CER %':>7}"]

@@ -53,8 +53,11 @@ def windows(
         if first:
             check_waveform(buffer, path)
             if total < receptive_field:
-                raise AudioError(path, f"too short ({1000 * total / sample_rate:.0f} ms): the model needs at least "
-                                 f"{1000 * receptive_field / sample_rate:.0f} ms")  # fmt: skip
+                raise AudioError(
+                    path,
+                    f"too short ({1000 * total / sample_rate:.0f} ms): the model needs at least "
+                    f"{1000 * receptive_field / sample_rate:.0f} ms",
+                )
         last = chunk == 0 or (exhausted and start + chunk >= total)
         audio = buffer[start - offset :] if chunk == 0 else buffer[start - offset : start - offset + chunk]
         frames = (len(audio) - receptive_field) // frame_stride + 1
@@ -158,8 +161,9 @@ class WindowedRunner:
         for i in order:
             pieces[i] = []
             try:
-                for window in windows(paths[i], i, self.chunk, self.stride, self.frame_stride, self.receptive_field,
-                                      self.sample_rate):  # fmt: skip
+                for window in windows(
+                    paths[i], i, self.chunk, self.stride, self.frame_stride, self.receptive_field, self.sample_rate
+                ):
                     batch.append(window)
                     if sum(len(w.audio) for w in batch) >= self.batch_samples:
                         yield from flush()

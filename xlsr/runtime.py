@@ -25,8 +25,14 @@ def resolve_device(device: str | None) -> torch.device:
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     """None -> float32 on CPU, float16 on GPU (inference)."""
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}  # fmt: skip
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype is None:
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in names:

@@ -26,8 +26,10 @@ def ctc_model(model: str | Path | Wav2Vec2Model, device: str | None, dtype: str 
     dev = resolve_device(device)
     net = model if isinstance(model, Wav2Vec2Model) else load_model(model, device=dev)
     if net.cfg.head != "ctc":
-        raise ConfigError(f"{net.source} has no CTC head ({net.cfg.head}): it cannot transcribe; "
-                          "fine-tune it first with `xlsr finetune ctc`")  # fmt: skip
+        raise ConfigError(
+            f"{net.source} has no CTC head ({net.cfg.head}): it cannot transcribe; "
+            "fine-tune it first with `xlsr finetune ctc`"
+        )
     if net.tokenizer is None:
         raise ConfigError(f"{net.source} has no vocabulary (vocab.json), so its outputs cannot be read as text")
     return net.to(device=dev, dtype=resolve_dtype(dtype, dev))
@@ -68,8 +70,9 @@ def transcribe(
     net = ctc_model(model, device, dtype)
     decoder = None
     if lm:
-        options = BeamSearchOptions(lm, lexicon, lm_weight, word_score, beam_size, hotwords=tuple(hotwords),
-                                    hotword_weight=hotword_weight)  # fmt: skip
+        options = BeamSearchOptions(
+            lm, lexicon, lm_weight, word_score, beam_size, hotwords=tuple(hotwords), hotword_weight=hotword_weight
+        )
         decoder = BeamSearchDecoder(net.tokenizer, options)
     elif hotwords or lexicon:
         raise ConfigError("--hotwords and --lexicon need an n-gram language model (--lm)")

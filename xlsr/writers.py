@@ -42,8 +42,11 @@ def cues(words: list[Word]) -> list[tuple[float, float, str]]:
     for w in words:
         if current:
             text = " ".join(x.word for x in current + [w])
-            if (w.start - current[-1].end > MAX_GAP or w.end - current[0].start > MAX_CUE_SECONDS
-                    or len(text) > 2 * LINE_CHARS):  # fmt: skip
+            if (
+                w.start - current[-1].end > MAX_GAP
+                or w.end - current[0].start > MAX_CUE_SECONDS
+                or len(text) > 2 * LINE_CHARS
+            ):
                 out.append((current[0].start, current[-1].end, " ".join(x.word for x in current)))
                 current = []
         current.append(w)
@@ -76,8 +79,10 @@ def render(t: Transcript, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(t.to_dict(), ensure_ascii=False, indent=2) + "\n"
     if fmt == "srt":
-        blocks = [f"{i}\n{_timestamp(s, ',')} --> {_timestamp(e, ',')}\n{_wrap(x)}\n" for i, (s, e, x) in
-                  enumerate(cues(t.words), 1)]  # fmt: skip
+        blocks = [
+            f"{i}\n{_timestamp(s, ',')} --> {_timestamp(e, ',')}\n{_wrap(x)}\n"
+            for i, (s, e, x) in enumerate(cues(t.words), 1)
+        ]
         return "\n".join(blocks)
     if fmt == "vtt":
         blocks = [f"{_timestamp(s, '.')} --> {_timestamp(e, '.')}\n{_wrap(x)}\n" for s, e, x in cues(t.words)]

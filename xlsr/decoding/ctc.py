@@ -83,8 +83,14 @@ def align(path: np.ndarray, frame_probs: np.ndarray, tokenizer: CTCTokenizer, fr
             logp = sum(cumulative[frames[j][1]] - cumulative[frames[j][0]] for j in current)
             n = sum(frames[j][1] - frames[j][0] for j in current)
             word = "".join(chars[j].text for j in current)
-            words.append(Word(word.lower() if tokenizer.do_lower_case else word, s * frame_seconds,
-                              e * frame_seconds, math.exp(logp / n)))  # fmt: skip
+            words.append(
+                Word(
+                    word.lower() if tokenizer.do_lower_case else word,
+                    s * frame_seconds,
+                    e * frame_seconds,
+                    math.exp(logp / n),
+                )
+            )
             current = []
     return Hypothesis(text, words, chars)
 

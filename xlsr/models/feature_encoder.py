@@ -99,9 +99,6 @@ class ConvLayer(nn.Module):
             return torch.ops.aten.gelu_(x)
         return F.gelu(x)
 
-    def output_lengths(self, lengths: Tensor) -> Tensor:
-        return torch.div(lengths - self.kernel, self.stride, rounding_mode="floor") + 1
-
 
 class FeatureEncoder(nn.Module):
     """Args:
@@ -142,10 +139,15 @@ class FeatureEncoder(nn.Module):
         return x, None if lengths is None else self.output_lengths(lengths)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
-        """Frames produced from `lengths` samples, each conv applying its own formula: (B,) -> (B,)."""
-        for layer in self.conv_layers:
-            lengths = layer.output_lengths(lengths)
-        return lengths.clamp(min=0)
+        """Frames produced from `lengths` samples: (B,) -> (B,)."""
+        return conv_output_lengths(lengths, [(layer.kernel, layer.stride) for layer in self.conv_layers])
+
+
+def conv_output_lengths(lengths: Tensor, kernels_strides: list[tuple[int, int]]) -> Tensor:
+    """Each unpadded conv maps L samples to floor((L - kernel) / stride) + 1: (B,) -> (B,)."""
+    for kernel, stride in kernels_strides:
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+    return lengths.clamp(min=0)
 
 
 class GradMultiply(torch.autograd.Function):

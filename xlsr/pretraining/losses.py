@@ -124,5 +124,6 @@ def pretraining_forward(
         same = (targets[flat] == targets[:, None]).all(-1)
         diversity, prob_ppl, code_ppl = targets.new_zeros(()), 0.0, 0.0
     loss, logits = contrastive_loss(context, targets, negatives, utterance, position, same, cfg.logit_temp)
-    return PretrainingOutput(loss, diversity, out.features_pen, count_correct(logits.detach()), len(utterance),
-                             prob_ppl, code_ppl)  # fmt: skip
+    return PretrainingOutput(
+        loss, diversity, out.features_pen, count_correct(logits.detach()), len(utterance), prob_ppl, code_ppl
+    )

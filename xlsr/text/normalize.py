@@ -36,8 +36,12 @@ def normalize_text(text: str, options: TextNormalization = TextNormalization()) 
         for i, c in enumerate(text):
             if not _is_punctuation(c):
                 chars.append(c)
-            elif (c in options.keep_inside_words and 0 < i < len(text) - 1
-                  and text[i - 1].isalnum() and text[i + 1].isalnum()):  # fmt: skip
+            elif (
+                c in options.keep_inside_words
+                and 0 < i < len(text) - 1
+                and text[i - 1].isalnum()
+                and text[i + 1].isalnum()
+            ):
                 chars.append("'" if c == "’" else c)
             else:
                 chars.append(" ")

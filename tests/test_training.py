@@ -1,0 +1,261 @@
+"""Training: configuration, data sampling, exact resume after SIGKILL, DDP on CPU (gloo) against one
+process, non-finite guards, checkpoints that transformers loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import speechlike
+
+from xlsr.checkpoints import convert, load_model
+from xlsr.checkpoints.io import safe_torch_load
+from xlsr.data.dataset import BatchSampler, language_resample
+from xlsr.data.manifest import read_manifest
+from xlsr.errors import ConfigError, XlsrError
+from xlsr.pretraining.task import PretrainConfig, pretrain
+from xlsr.training.config import build_config
+
+TINY = ["max_tokens=100000", "max_sample_size=48000", "num_workers=0", "warmup_updates=2", "lr=2e-3",
+        "log_interval=1", "model.dropout=0.0", "model.attention_dropout=0.0", "model.dropout_input=0.0",
+        "model.dropout_features=0.0", "num_negatives=20"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    rows = ["path\tsamples\tlang"]
+    for i in range(16):
+        x = speechlike(1.5 + (i % 4) * 0.5, seed=i)
+        sf.write(root / f"u{i}.flac", x, 16000)
+        rows.append(f"u{i}.flac\t{len(x)}\t{['fr', 'sw', 'yo'][i % 3]}")
+    (root / "train.tsv").write_text("\n".join(rows[:13]) + "\n")
+    (root / "valid.tsv").write_text("\n".join([rows[0], *rows[13:]]) + "\n")
+    return root
+
+
+def records(out: Path, split: str = "train") -> dict[int, dict]:
+    """The last record of each update in log.jsonl."""
+    found = {}
+    for line in (out / "log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["split"] == split:
+            found[r["update"]] = r
+    return found
+
+
+def test_config_from_yaml_set_and_layout_defaults(corpus, tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 1e-4\nmax_update: 7\nadam_betas: [0.9, 0.99]\nmodel:\n  dropout: 0.2\n")
+    cfg = build_config(PretrainConfig, tmp_path / "c.yaml", ["max_update=9", "model.encoder_layerdrop=0.05"])
+    assert cfg.lr == 1e-4 and cfg.max_update == 9 and cfg.adam_betas == (0.9, 0.99)
+    assert cfg.model == {"dropout": 0.2, "encoder_layerdrop": 0.05}
+    with pytest.raises(ConfigError, match="unknown config keys: max_updates"):
+        build_config(PretrainConfig, None, ["max_updates=3"])
+    with pytest.raises(ConfigError, match="unknown model keys: dropuot"):
+        build_config(PretrainConfig, None, ["model.dropuot=0.1"])
+    with pytest.raises(ConfigError, match="lr must be a float"):
+        build_config(PretrainConfig, None, ["lr=fast"])
+    pretrain(corpus / "train.tsv", tmp_path / "run", preset="tiny-base", set=[*TINY, "max_update=1"], quiet=True)
+    resolved = (tmp_path / "run" / "config.yaml").read_text()
+    for line in ("latent_temp:\n- 2.0\n- 0.5\n- 0.999995", "loss_weights:\n- 0.1\n- 10.0", "feature_grad_mult: 0.1"):
+        assert line in resolved  # fairseq's base-layout values, written down
+
+
+def test_sampler_bounds_batches_and_shards_them():
+    sizes = np.array([16000, 48000, 32000, 8000, 64000, 24000, 40000, 56000] * 5)
+    sampler = BatchSampler(sizes, max_tokens=130000, max_sample_size=48000, seed=3)
+    batches, _ = sampler.epoch(0)
+    assert sorted(i for b in batches for i, _ in b) == list(range(len(sizes)))
+    for b in batches:
+        assert max(min(sizes[i], 48000) for i, _ in b) * len(b) <= 130000
+    assert sampler.epoch(0)[0] == batches and sampler.epoch(1)[0] != batches
+    shards = [BatchSampler(sizes, 130000, 48000, 3, rank=r, world_size=2).epoch(0)[0] for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) and shards[0][0] == batches[0] and shards[1][0] == batches[1]
+
+
+def test_language_resampling_follows_xlsr_alpha():
+    langs = ["big"] * 900 + ["small"] * 100
+    sizes = np.full(1000, 16000)
+    _, shares = language_resample(langs, sizes, 0.5, np.random.default_rng(0))
+    p = np.array([0.9, 0.1]) ** 0.5
+    assert shares["big"] == pytest.approx(p[0] / p.sum(), abs=0.01) and shares["small"] == pytest.approx(0.25, abs=0.01)
+    _, natural = language_resample(langs, sizes, 1.0, np.random.default_rng(0))
+    assert natural["small"] == pytest.approx(0.1)
+
+
+def test_fairseq_manifest_is_read(tmp_path):
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "train.tsv").write_text(f"{tmp_path / 'audio'}\na.flac\t16000\nsub/b.flac\t32000\n")
+    utts = read_manifest(tmp_path / "train.tsv")
+    assert [(u.path, u.samples) for u in utts] == [
+        (tmp_path / "audio" / "a.flac", 16000),
+        (tmp_path / "audio" / "sub" / "b.flac", 32000),
+    ]
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "xlsr", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_losses(corpus, tmp_path):
+    args = [
+        "pretrain",
+        "--train",
+        str(corpus / "train.tsv"),
+        "--valid",
+        str(corpus / "valid.tsv"),
+        "--preset",
+        "tiny",
+        "--quiet",
+        "--set",
+        *TINY,
+        "max_update=16",
+        "save_interval_updates=4",
+        "validate_interval_updates=8",
+        "model.encoder_layerdrop=0.3",
+    ]
+    whole = run_cli([*args, "--out", str(tmp_path / "whole")])
+    assert whole.wait(300) == 0, whole.stderr.read()
+    killed = run_cli([*args, "--out", str(tmp_path / "killed")])
+    checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint_8.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    state = safe_torch_load(tmp_path / "killed" / "checkpoints" / "checkpoint_last.pt")
+    assert 8 <= state["update"] < 16, "the kill came too late to test resuming"
+    resumed = run_cli([*args, "--out", str(tmp_path / "killed")])
+    assert resumed.wait(300) == 0, resumed.stderr.read()
+    a, b = records(tmp_path / "whole"), records(tmp_path / "killed")
+    assert sorted(a) == sorted(b) == list(range(1, 17))
+    for update in (1, 9, 16):
+        assert b[update]["loss"] == pytest.approx(a[update]["loss"], rel=1e-6, abs=1e-7), update
+    assert records(tmp_path / "killed", "valid")[16]["loss"] == pytest.approx(
+        records(tmp_path / "whole", "valid")[16]["loss"], rel=1e-6
+    )
+    final = [
+        safe_torch_load(p / "checkpoints" / "checkpoint_last.pt")["model"]
+        for p in (tmp_path / "whole", tmp_path / "killed")
+    ]
+    for k in final[0]:
+        torch.testing.assert_close(final[0][k], final[1][k], atol=1e-6, rtol=1e-5)
+
+
+def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(corpus, tmp_path):
+    common = [
+        "--train",
+        str(corpus / "train.tsv"),
+        "--preset",
+        "tiny",
+        "--quiet",
+        "--set",
+        *TINY,
+        "max_update=3",
+        "max_tokens=50000",
+        "save_interval_updates=3",
+        "validate_interval_updates=100",
+    ]
+    single = run_cli(["pretrain", *common, "update_freq=2", "--out", str(tmp_path / "one")])
+    assert single.wait(300) == 0, single.stderr.read()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            "-m",
+            "xlsr",
+            "pretrain",
+            *common,
+            "update_freq=1",
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = (safe_torch_load(tmp_path / p / "checkpoints" / "checkpoint_last.pt") for p in ("one", "two"))
+    assert one["update"] == two["update"] == 3 and two["world_size"] == 2
+    for k in one["model"]:
+        torch.testing.assert_close(two["model"][k], one["model"][k], atol=2e-5, rtol=1e-4)
+    r1, r2 = records(tmp_path / "one"), records(tmp_path / "two")
+    assert r2[3]["loss"] == pytest.approx(r1[3]["loss"], rel=1e-4)
+
+
+def test_non_finite_updates_are_skipped_then_the_run_stops(corpus, tmp_path, monkeypatch):
+    from xlsr.pretraining import task as task_module
+
+    real = task_module.PretrainTask.forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, model, batch, update):
+        out = real(self, model, batch, update)
+        calls["n"] += 1
+        if update in (1, 2) or update >= 4:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(task_module.PretrainTask, "forward", sometimes_nan)
+    with pytest.raises(XlsrError, match=r"training diverged: 3 updates in a row .*\(update 6\)"):
+        pretrain(
+            corpus / "train.tsv",
+            tmp_path / "run",
+            preset="tiny",
+            set=[*TINY, "max_update=20", "max_nonfinite_updates=2"],
+            quiet=True,
+        )
+    logged = records(tmp_path / "run")
+    assert logged[3]["skipped_updates"] == 2 and np.isfinite(logged[3]["grad_norm"])
+
+
+def test_pretraining_checkpoint_converts_to_transformers_and_init_from_other_models(corpus, tmp_path, fixtures_dir):
+    from transformers import Wav2Vec2ForPreTraining
+
+    pretrain(corpus / "train.tsv", tmp_path / "run", preset="tiny", set=[*TINY, "max_update=2"], quiet=True)
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint_last.pt"
+    assert load_model(ckpt).cfg.head == "pretraining"
+    convert(ckpt, tmp_path / "hf")
+    hf, info = Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    # continue from that transformers directory, and from the fairseq checkpoint (unquantized targets)
+    pretrain(
+        corpus / "train.tsv", tmp_path / "from_hf", init=str(tmp_path / "hf"), set=[*TINY, "max_update=1"], quiet=True
+    )
+    first = torch.load(tmp_path / "from_hf" / "checkpoints" / "checkpoint_last.pt", weights_only=True)
+    assert first["update"] == 1
+    result = pretrain(
+        corpus / "train.tsv",
+        tmp_path / "from_fairseq",
+        init=str(fixtures_dir / "pretrain.pt"),
+        set=[*TINY, "max_update=2"],
+        quiet=True,
+    )
+    assert result["update"] == 2 and np.isfinite(records(tmp_path / "from_fairseq")[2]["loss"])
+    # a different model in the same output directory is refused
+    with pytest.raises(XlsrError, match="model differs"):
+        pretrain(corpus / "train.tsv", tmp_path / "run", preset="tiny-base", set=[*TINY, "max_update=3"], quiet=True)

@@ -1,0 +1,215 @@
+"""`xlsr pretrain`: self-supervised training with the XLS-R objective (masking + contrastive loss)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoints import load_model
+from ..config import preset as get_preset
+from ..data.dataset import AudioDataset, BatchSampler, crop_and_pad
+from ..data.manifest import read_manifest
+from ..errors import ConfigError
+from ..models import Wav2Vec2Model
+from ..models.feature_encoder import conv_output_lengths
+from ..training.config import TrainConfig, build_config
+from ..training.distributed import World
+from ..training.logging import log
+from ..training.trainer import StepOutput, Task, Trainer
+from .losses import pretraining_forward
+from .masking import compute_mask
+from .negatives import sample_negatives
+
+# fairseq's pretraining configs per layout (wav2vec2_base_librispeech.yaml, wav2vec2_large_librivox.yaml, XLS-R)
+LAYOUT_DEFAULTS = {
+    "group_norm": {"latent_temp": (2.0, 0.5, 0.999995), "loss_weights": (0.1, 10.0), "feature_grad_mult": 0.1},
+    "layer_norm": {"latent_temp": (2.0, 0.1, 0.999995), "loss_weights": (0.1, 0.0), "feature_grad_mult": 1.0},
+}
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    preset: str = "xlsr-300m"  # model shape when starting from scratch (ignored with --init)
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    min_masks: int = 2  # at least this many spans per utterance
+    num_negatives: int = 100
+    # None: fairseq's value for the model's layout (LAYOUT_DEFAULTS)
+    latent_temp: tuple[float, float, float] | None = None  # Gumbel temperature: (start, end, decay per update)
+    loss_weights: tuple[float, float] | None = None  # (diversity, feature penalty)
+    feature_grad_mult: float | None = None
+    sampling_alpha: float = 0.5  # language sampling p_l ~ (n_l / N)^alpha (XLS-R); 1.0 = as the data comes
+
+
+class PretrainTask(Task):
+    name = "pretrain"
+
+    def __init__(self, cfg: PretrainConfig, train, valid, init: str | None):
+        super().__init__(cfg, train, valid)
+        self.init = init
+        self.temperature: float | None = None
+
+    def build_model(self) -> Wav2Vec2Model:
+        cfg: PretrainConfig = self.cfg
+        if self.init:
+            start = load_model(self.init)
+            state = {k: v for k, v in start.state_dict().items()}
+            model_cfg = start.cfg.replace(**cfg.model)
+            if start.cfg.head != "pretraining":
+                log.warning("%s has no pretraining head: a new quantizer and projections are initialised", self.init)
+                state = {k: v for k, v in state.items() if not k.startswith("head.")}
+                model_cfg = model_cfg.replace(head="pretraining", vocab_size=0, labels=())
+            model = Wav2Vec2Model(model_cfg)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+            model.preprocessing = start.preprocessing
+        else:
+            model = Wav2Vec2Model(get_preset(cfg.preset, head="pretraining").replace(**cfg.model))
+        layout = LAYOUT_DEFAULTS[model.cfg.extractor_mode]
+        for key, value in layout.items():  # resolve the layout's defaults, so config.yaml shows them
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, value)
+        return model
+
+    def datasets(self, model: Wav2Vec2Model, world: World):
+        cfg: PretrainConfig = self.cfg
+        self.model_cfg, pre = model.cfg, model.preprocessing
+        self.sample_rate = pre.sample_rate
+        train = AudioDataset(read_manifest(self.train_manifest), pre, cfg.min_sample_size)
+        sampler = BatchSampler(
+            train.sizes,
+            cfg.max_tokens,
+            cfg.max_sample_size,
+            cfg.seed,
+            [u.lang for u in train.utterances],
+            cfg.sampling_alpha,
+            True,
+            world.rank,
+            world.size,
+        )
+        valid = valid_sampler = None
+        if self.valid_manifest:
+            valid = AudioDataset(read_manifest(self.valid_manifest), pre, cfg.min_sample_size)
+            valid_sampler = BatchSampler(
+                valid.sizes,
+                cfg.max_tokens,
+                cfg.max_sample_size,
+                cfg.seed,
+                shuffle=False,
+                rank=world.rank,
+                world_size=world.size,
+            )
+        return train, sampler, valid, valid_sampler
+
+    def describe_data(self, train: AudioDataset, valid: AudioDataset | None) -> None:
+        for name, ds in (("train", train), ("valid", valid)):
+            if ds is None:
+                continue
+            if ds.dropped_short:
+                log.info("%s: %d utterances shorter than min_sample_size dropped", name, ds.dropped_short)
+            if ds.dropped_unreadable:
+                log.warning("%s: %d unreadable utterances dropped", name, ds.dropped_unreadable)
+            if not len(ds):
+                raise ConfigError(f"the {name} manifest has no usable utterance")
+
+    def collate(self, items: list[dict]) -> dict:
+        cfg: PretrainConfig = self.cfg
+        audio, lengths = crop_and_pad(items, cfg.max_sample_size, cfg.pad, cfg.seed)
+        frames = conv_output_lengths(lengths, [(k, s) for _, k, s in self.model_cfg.conv_feature_layers])
+        key = [cfg.seed, items[0]["epoch"], *sorted(it["index"] for it in items)]
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        mask = compute_mask(frames, int(frames.max()), cfg.mask_prob, cfg.mask_length, cfg.min_masks, g)
+        negatives = sample_negatives(mask, cfg.num_negatives, g)
+        padded = bool((lengths < audio.shape[1]).any())
+        return {
+            "audio": audio,
+            "audio_lens": lengths if padded else None,
+            "mask": mask,
+            "negatives": negatives,
+            "sample_size": int(mask.sum()),
+            "audio_seconds": float(lengths.sum()) / self.sample_rate,
+            "noise_seed": int(g.initial_seed()) ^ 0x5EED,
+        }
+
+    def before_update(self, model: Wav2Vec2Model, update: int) -> None:
+        start, end, decay = self.cfg.latent_temp
+        if model.head.quantizer is not None:
+            self.temperature = model.head.quantizer.temperature = max(start * decay**update, end)
+        model.encoder.layerdrop_generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + update)
+
+    def forward(self, model, batch: dict, update: int) -> StepOutput:
+        device = next(model.parameters()).device
+        lengths = batch["audio_lens"]
+        noise = torch.Generator(device=device).manual_seed(batch["noise_seed"])
+        out = pretraining_forward(
+            model,
+            batch["audio"].to(device),
+            None if lengths is None else lengths.to(device),
+            batch["mask"],
+            batch["negatives"],
+            self.cfg.feature_grad_mult,
+            generator=noise,
+        )
+        loss = out.loss(self.cfg.loss_weights)
+        n = out.count
+        stats = {
+            "loss": float(loss.detach()),
+            "contrastive": float(out.contrastive.detach()),
+            "diversity": float(out.diversity.detach()) * n,
+            "features_pen": float(out.features_pen.detach()) * n,
+            "correct": out.correct,
+            "sample_size": n,
+            "prob_perplexity": out.prob_perplexity,
+            "code_perplexity": out.code_perplexity,
+            "batches": 1,
+        }
+        return StepOutput(loss, stats)
+
+    def summarize(self, s: dict[str, float]) -> dict[str, float]:
+        n, b = max(s.get("sample_size", 0), 1), max(s.get("batches", 0), 1)
+        metrics = {
+            "loss": s["loss"] / n,
+            "contrastive": s["contrastive"] / n,
+            "diversity": s["diversity"] / n,
+            "features_pen": s["features_pen"] / n,
+            "accuracy": s["correct"] / n,
+            "prob_perplexity": s["prob_perplexity"] / b,
+            "code_perplexity": s["code_perplexity"] / b,
+        }
+        if self.temperature is not None:
+            metrics["temperature"] = self.temperature
+        return metrics
+
+    def check(self, metrics: dict[str, float], update: int) -> None:
+        mc = self.model_cfg
+        if not mc.quantize_targets or update < max(self.cfg.warmup_updates, 1):
+            return
+        codes = mc.latent_vars * mc.latent_groups
+        if metrics["code_perplexity"] < max(2.0, 0.05 * codes):
+            log.warning(
+                "codebook collapse: code perplexity %.1f of %d entries at update %d; raise the diversity "
+                "loss weight (loss_weights), lower lr, or check the audio",
+                metrics["code_perplexity"],
+                codes,
+                update,
+            )
+
+
+def pretrain(
+    train: str | Path,
+    out: str | Path,
+    valid: str | Path | None = None,
+    config: str | Path | None = None,
+    preset: str | None = None,
+    init: str | None = None,
+    set: list[str] = (),  # noqa: A002 (the CLI's --set)
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Pretrains (or continues pretraining) a model on the audio of `train`; writes checkpoints to `out`."""
+    cfg = build_config(PretrainConfig, config, set, preset=preset)
+    task = PretrainTask(cfg, train, valid, init)
+    return Trainer(task, out, quiet).run()

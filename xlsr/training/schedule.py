@@ -1,0 +1,32 @@
+"""Learning-rate schedules as functions of the update number (fairseq `polynomial_decay`, `tri_stage`,
+`fixed`). A schedule is stateless: resuming needs only the update count."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .config import TrainConfig
+
+
+def lr_at(update: int, cfg: TrainConfig) -> float:
+    """The learning rate for `update` (0-based)."""
+    if cfg.lr_scheduler == "fixed":
+        return cfg.lr
+    if cfg.lr_scheduler == "polynomial_decay":
+        if cfg.warmup_updates > 0 and update < cfg.warmup_updates:
+            return cfg.lr * (update + 1) / cfg.warmup_updates
+        if update >= cfg.max_update:
+            return cfg.end_learning_rate
+        remaining = (cfg.max_update - update) / max(cfg.max_update - cfg.warmup_updates, 1)
+        return (cfg.lr - cfg.end_learning_rate) * remaining**cfg.power + cfg.end_learning_rate
+    if cfg.lr_scheduler == "tri_stage":
+        warmup, hold, decay = (int(r * cfg.max_update) for r in cfg.phase_ratio)
+        init, final = cfg.lr * cfg.init_lr_scale, cfg.lr * cfg.final_lr_scale
+        if update < warmup:
+            return init + (cfg.lr - init) * update / max(warmup, 1)
+        if update < warmup + hold:
+            return cfg.lr
+        if update < warmup + hold + decay:
+            # exponential decay from lr to final over the decay phase (fairseq tri_stage)
+            return cfg.lr * (final / cfg.lr) ** ((update - warmup - hold) / max(decay, 1))
+        return final
+    raise ConfigError(f"lr_scheduler must be polynomial_decay, tri_stage or fixed, not {cfg.lr_scheduler!r}")
