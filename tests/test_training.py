@@ -159,7 +159,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_losses(corpus, tmp_path):
         torch.testing.assert_close(final[0][k], final[1][k], atol=1e-6, rtol=1e-5)
 
 
-def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(corpus, tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(corpus, tmp_path, sharding):
     common = [
         "--train",
         str(corpus / "train.tsv"),
@@ -176,28 +177,11 @@ def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(co
     single = run_cli(["pretrain", *common, "update_freq=2", "--out", str(tmp_path / "one")])
     assert single.wait(300) == 0, single.stderr.read()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(29500 + os.getpid() % 1000),
-            "-m",
-            "xlsr",
-            "pretrain",
-            *common,
-            "update_freq=1",
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+              str(29500 + os.getpid() % 1000), "-m", "xlsr", "pretrain"]  # fmt: skip
+    extra = ["fsdp=true"] if sharding == "fsdp" else []
+    ddp = subprocess.run([*launch, *common, "update_freq=1", *extra, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = (safe_torch_load(tmp_path / p / "checkpoints" / "checkpoint_last.pt") for p in ("one", "two"))
     assert one["update"] == two["update"] == 3 and two["world_size"] == 2
@@ -205,6 +189,16 @@ def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(co
         torch.testing.assert_close(two["model"][k], one["model"][k], atol=2e-5, rtol=1e-4)
     r1, r2 = records(tmp_path / "one"), records(tmp_path / "two")
     assert r2[3]["loss"] == pytest.approx(r1[3]["loss"], rel=1e-4)
+    if sharding == "fsdp":  # and a sharded run resumes (its optimizer state is saved whole, restored sharded)
+        more = subprocess.run(
+            [*launch, *common, "update_freq=1", *extra, "max_update=4", "--out", str(tmp_path / "two")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert more.returncode == 0, more.stderr[-3000:]
+        assert safe_torch_load(tmp_path / "two" / "checkpoints" / "checkpoint_last.pt")["update"] == 4
 
 
 def test_non_finite_updates_are_skipped_then_the_run_stops(corpus, tmp_path, monkeypatch):

@@ -121,15 +121,12 @@ class Trainer:
         if cfg.update_freq < 1 or cfg.max_update < 0:
             raise ConfigError("update_freq must be >= 1 and max_update >= 0")
         self.precision = self._precision()
-        torch.manual_seed(cfg.seed + world.rank)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process (fully_shard does not broadcast)
         self.model = self.task.build_model().to(world.device)
+        torch.manual_seed(cfg.seed + world.rank)  # but each process its own masks, negatives and dropout
         self.model.set_gradient_checkpointing(cfg.checkpoint_activations)
         self.train_set, self.sampler, self.valid_set, self.valid_sampler = self.task.datasets(self.model, world)
         self.task.describe_data(self.train_set, self.valid_set)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
-        )
         self.scaler = torch.amp.GradScaler(world.device.type) if self.precision == "fp16" else None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.logger = MetricsLogger(self.out_dir, enabled=world.is_main)
@@ -207,11 +204,12 @@ class Trainer:
         for old in steps[: max(len(steps) - self.cfg.keep_interval_updates, 0)]:
             old.unlink()
 
-    def resume(self) -> bool:
-        """Loads checkpoint_last.pt if this output directory has one."""
+    def resume(self) -> dict | None:
+        """Loads checkpoint_last.pt, if this output directory has one, into the (still unwrapped) model and
+        the counters; returns it, so that `build_optimizer` can restore the optimizer too."""
         path = self.checkpoint_dir / "checkpoint_last.pt"
         if not path.exists():
-            return False
+            return None
         state = safe_torch_load(path)
         net = self.model
         if state.get("task") != self.task.name:
@@ -219,7 +217,6 @@ class Trainer:
         if state["config"] != net.cfg.to_dict():
             raise XlsrError(f"{path}: this run's model differs from the one in {self.out_dir}; use another --out")
         net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.update, self.epoch, self.position = state["update"], state["epoch"], state["position"]
@@ -231,12 +228,27 @@ class Trainer:
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"])
         else:
-            log.warning(
-                "resuming with %d processes instead of %d: random streams restart", self.world.size, state["world_size"]
-            )
+            log.warning("resuming with %d processes instead of %d: random streams restart", self.world.size,
+                        state["world_size"])  # fmt: skip
         self._truncate_logs()
         log.info("resumed from %s at update %d (epoch %d, batch %d)", path, self.update, self.epoch, self.position)
-        return True
+        return state
+
+    def build_optimizer(self, resumed: dict | None) -> None:
+        """AdamW over the wrapped model's parameters (fully_shard replaces them, so this comes after wrapping)."""
+        cfg = self.cfg
+        params = [p for p in self.step.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                           weight_decay=cfg.weight_decay)  # fmt: skip
+        if resumed is None:
+            return
+        if cfg.fsdp and self.world.distributed:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.step, self.optimizer, resumed["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))  # fmt: skip
+        else:
+            self.optimizer.load_state_dict(resumed["optimizer"])
 
     def _truncate_logs(self) -> None:
         """Drops log records written after the checkpoint we resume from (and a line cut by a kill)."""
@@ -402,6 +414,7 @@ class Trainer:
             atomic_write_text(self.out_dir / "config.yaml", to_yaml(cfg))
         self.step = wrap(_Step(self.task, self.model), self.world, cfg.fsdp, find_unused=self._find_unused(),
                          bf16=self.precision == "bf16")  # fmt: skip
+        self.build_optimizer(resumed)
         self.model.train()
         if not resumed:
             log.info(
