@@ -129,9 +129,32 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_training_options(p: argparse.ArgumentParser) -> None:
+def cmd_finetune_ctc(args: argparse.Namespace) -> int:
+    from .finetuning.ctc import finetune_ctc
+
+    result = finetune_ctc(args.init, args.train, args.valid, args.out, config=args.config, vocab=args.vocab,
+                          set=args.set, quiet=args.quiet)  # fmt: skip
+    print(f"done: {result['update']} updates; best validation WER {_percent(result['best'])}; model in {args.out}/best")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import synth
+
+    langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
+    made = synth(args.out, langs, per_lang=args.per_lang, seed=args.seed, quiet=args.quiet)
+    counts = ", ".join(f"{len(rows)} {split}" for split, rows in made.items())
+    print(f"wrote {args.out}: {counts} clips; manifests {args.out}/train.tsv, valid.tsv, test.tsv")
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def add_training_options(p: argparse.ArgumentParser, valid_required: bool = False) -> None:
     p.add_argument("--train", required=True, help="training manifest (TSV: path, samples, lang, ...; or fairseq's)")
-    p.add_argument("--valid", help="validation manifest")
+    p.add_argument("--valid", required=valid_required, help="validation manifest")
     p.add_argument("--out", required=True, help="output directory; re-running with the same one resumes")
     p.add_argument("--config", help="YAML file of training options (keys as in the resolved config.yaml)")
     p.add_argument(
@@ -293,6 +316,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", help="model size from scratch: xlsr-300m (default), xlsr-1b, xlsr-2b, wav2vec2-base, small, tiny"
     )
     p.add_argument("--init", help="start from this model instead: " + MODEL_HELP)
+
+    from .synth import languages
+
+    p = command(
+        "synth",
+        cmd_synth,
+        "make a multilingual speech corpus with espeak-ng",
+        "Speak phrases of the Universal Declaration of Human Rights with espeak-ng (Debian package espeak-ng) in "
+        "several languages, with varied voices, speeds and pitches; write 16 kHz FLAC clips and train/valid/test "
+        "manifests (path, samples, lang, text; split by phrase). Deterministic for a given seed.",
+    )
+    p.add_argument("out", help="output folder")
+    p.add_argument("--langs", help=f"comma-separated languages (default: all of {','.join(languages())})")
+    p.add_argument("--per-lang", type=int, default=200, help="clips per language, over the three splits (200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = command("finetune", None, "fine-tune a pretrained model: speech recognition (ctc) or classification")
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    p = tasks.add_parser(
+        "ctc",
+        help="speech recognition with a CTC head over the characters of the transcripts",
+        description="Fine-tune a pretrained model (--init) for speech recognition on manifests with a 'text' "
+        "column, with the fairseq / XLS-R recipe as defaults: feature encoder frozen, only the new head trained "
+        "for freeze_finetune_updates, tri-stage learning rate, time and channel masking, layer drop, CTC with "
+        "zero_infinity. The vocabulary is built from the normalised training transcripts (lower case, no "
+        "punctuation, NFC; --set lowercase=false remove_punctuation=false to keep them) unless --vocab is given. "
+        "Validation WER/CER every validate_interval_updates; the best model goes to OUT/best/ (a Hugging Face "
+        "directory: xlsr transcribe and transformers' pipeline load it). DDP with torchrun; re-run to resume.",
+    )
+    p.set_defaults(func=cmd_finetune_ctc)
+    add_training_options(p, valid_required=True)
+    p.add_argument("--init", required=True, help="the pretrained model: " + MODEL_HELP)
+    p.add_argument("--vocab", help="use this vocab.json (or a model directory's) instead of building one")
     return parser
 
 

@@ -52,6 +52,12 @@ class AudioDataset(torch.utils.data.Dataset):
         self.dropped_unreadable = int((sizes < 0).sum())
         self.utterances = [u for u, k in zip(utterances, keep) if k]
         self.sizes = sizes[keep]
+        self.training = True  # tasks draw masks and crops for training batches only
+
+    def select(self, keep: np.ndarray) -> None:
+        """Keeps the utterances where `keep` is True."""
+        self.utterances = [u for u, k in zip(self.utterances, keep) if k]
+        self.sizes = self.sizes[keep]
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -62,7 +68,7 @@ class AudioDataset(torch.utils.data.Dataset):
         audio = load_audio(u.path, self.preprocessing.sample_rate)
         if self.preprocessing.do_normalize:  # over the whole utterance, then cropped (as fairseq)
             audio = normalize(torch.from_numpy(audio)[None], eps=self.preprocessing.normalize_eps)[0].numpy()
-        return {"audio": audio, "index": index, "epoch": epoch, "utterance": u}
+        return {"audio": audio, "index": index, "epoch": epoch, "utterance": u, "training": self.training}
 
 
 def crop_offset(seed: int, epoch: int, index: int, excess: int) -> int:

@@ -109,6 +109,7 @@ class Trainer:
         self.quiet = quiet
         self.update, self.epoch, self.position = 0, 0, 0
         self.best: float | None = None
+        self.stale = 0  # validations since the best one (early stopping: `patience`)
         self.nonfinite_total = self.nonfinite_run = 0
         self.elapsed = 0.0
         self.window: dict[str, float] = defaultdict(float)  # stats since the last log line
@@ -169,8 +170,9 @@ class Trainer:
             )
         return self.optimizer.state_dict()
 
-    def save(self, names: list[str]) -> None:
-        """Writes the training state under each of `names` (every process takes part; the main one writes)."""
+    def save(self, names: list[str]) -> dict[str, Tensor]:
+        """Writes the training state under each of `names` (every process takes part; the main one writes).
+        Returns the whole model's weights (on the main process)."""
         model_state, optim_state = self._model_state(), self._optimizer_state()
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -180,7 +182,7 @@ class Trainer:
             rngs = [None] * self.world.size
             dist.all_gather_object(rngs, rng)
         if not self.world.is_main:
-            return
+            return model_state
         state = checkpoint_dict(self.model)
         state["model"] = model_state
         state.update(
@@ -194,6 +196,7 @@ class Trainer:
             rng=rngs,
             scaler=self.scaler.state_dict() if self.scaler else None,
             best=self.best,
+            stale=self.stale,
             elapsed=self.elapsed,
             nonfinite_total=self.nonfinite_total,
         )
@@ -203,6 +206,15 @@ class Trainer:
         steps = sorted(self.checkpoint_dir.glob("checkpoint_[0-9]*.pt"), key=lambda p: int(p.stem.split("_")[1]))
         for old in steps[: max(len(steps) - self.cfg.keep_interval_updates, 0)]:
             old.unlink()
+        return model_state
+
+    def _plain_model(self, state: dict[str, Tensor]) -> Wav2Vec2Model:
+        """The network with ordinary tensors (under FSDP, rebuilt from the gathered weights)."""
+        if not (self.cfg.fsdp and self.world.distributed):
+            return self.model
+        net = Wav2Vec2Model.from_state_dict(self.model.cfg, state)
+        net.tokenizer, net.preprocessing, net.source = self.model.tokenizer, self.model.preprocessing, self.model.source
+        return net.eval()
 
     def resume(self) -> dict | None:
         """Loads checkpoint_last.pt, if this output directory has one, into the (still unwrapped) model and
@@ -220,7 +232,7 @@ class Trainer:
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.update, self.epoch, self.position = state["update"], state["epoch"], state["position"]
-        self.best, self.elapsed = state["best"], state["elapsed"]
+        self.best, self.elapsed, self.stale = state["best"], state["elapsed"], state.get("stale", 0)
         self.nonfinite_total = state["nonfinite_total"]
         if state["world_size"] == self.world.size:
             rng = state["rng"][self.world.rank]
@@ -297,6 +309,7 @@ class Trainer:
                 collate_fn=self.task.collate,
                 num_workers=self.cfg.num_workers,
                 persistent_workers=False,
+                generator=self._loader_generator(),
             )
             for batch in loader:
                 self.position += 1
@@ -373,6 +386,7 @@ class Trainer:
             batch_sampler=list(self.valid_sampler),
             collate_fn=self.task.collate,
             num_workers=self.cfg.num_workers,
+            generator=self._loader_generator(),
         )
         for batch in loader:
             with self.autocast():
@@ -431,7 +445,7 @@ class Trainer:
         started = window_start = time.perf_counter()
         last_metrics: dict[str, float] = {}
         try:
-            while self.update < cfg.max_update:
+            while self.update < cfg.max_update and not self._out_of_patience():
                 self.train_step([next(batches) for _ in range(cfg.update_freq)])
                 bar.update(1)
                 done = self.update == cfg.max_update
@@ -450,20 +464,34 @@ class Trainer:
                         log.info("update %d | valid | %s", self.update, _line(metrics))
                         value = metrics[self.task.best_metric]
                         better = self.best is None or (value > self.best if self.task.maximize else value < self.best)
+                        self.stale = 0 if better else self.stale + 1
                         if better:
                             self.best = value
                             names.append("checkpoint_best.pt")
-                            if self.world.is_main:
-                                self.task.on_best(self.model, self.out_dir)
-                if self.update % cfg.save_interval_updates == 0 or done or names:
+                stop = self._out_of_patience()
+                if self.update % cfg.save_interval_updates == 0 or done or names or stop:
                     self.elapsed += time.perf_counter() - started
                     started = time.perf_counter()
                     step = [f"checkpoint_{self.update}.pt"] if self.update % cfg.save_interval_updates == 0 else []
-                    self.save(["checkpoint_last.pt", *step, *names])
+                    state = self.save(["checkpoint_last.pt", *step, *names])
+                    if names and self.world.is_main:
+                        self.task.on_best(self._plain_model(state), self.out_dir)
+                if stop:
+                    log.info("early stop: no better %s in %d validations", self.task.best_metric, self.stale)
+                    break
         finally:
             bar.close()
             self.logger.close()
         return {"update": self.update, "best": self.best, "last": last_metrics, "out_dir": str(self.out_dir)}
+
+    def _loader_generator(self) -> torch.Generator:
+        """A DataLoader draws its workers' seed from this, not from the global RNG, whose state (dropout)
+        a resumed run restores: a validation pass in between must not shift it."""
+        return torch.Generator().manual_seed(self.cfg.seed * 7919 + self.epoch)
+
+    def _out_of_patience(self) -> bool:
+        patience = getattr(self.cfg, "patience", 0)  # fine-tuning's early stopping
+        return patience > 0 and self.stale >= patience
 
     def _find_unused(self) -> bool:
         net = self.model

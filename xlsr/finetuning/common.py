@@ -1,0 +1,126 @@
+"""What CTC and classification fine-tuning share: the fairseq fine-tuning options (masking, freezing,
+regularisation), building the fine-tuned network from any pretrained model, and SpecAugment-style masks.
+
+fairseq names: `apply_mask`, `mask_prob`, `mask_length`, `mask_channel_prob`, `mask_channel_length`,
+`layerdrop`, `feature_grad_mult` (0.0 = feature encoder frozen), `freeze_finetune_updates`
+(fairseq/models/wav2vec/wav2vec2_asr.py, Wav2Vec2AsrConfig).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..checkpoints import load_model
+from ..config import ModelConfig
+from ..models import Wav2Vec2Model
+from ..pretraining.masking import compute_mask
+from ..training.config import TrainConfig
+from ..training.logging import log
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    # fairseq examples/wav2vec/xlsr/config/finetune.yaml (XLS-R fine-tuning)
+    max_update: int = 20_000
+    lr: float = 3e-5
+    lr_scheduler: str = "tri_stage"
+    max_tokens: int = 1_280_000
+    max_sample_size: int = 480_000  # 30 s: longer utterances are dropped (a crop would cut their label)
+    min_sample_size: int = 0
+    pad: bool = True
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    validate_interval_updates: int = 500
+    save_interval_updates: int = 500
+    freeze_finetune_updates: int = 10_000  # only the new head trains for this many updates
+    freeze_feature_encoder: bool = True  # fairseq feature_grad_mult 0.0; transformers freeze_feature_encoder()
+    apply_mask: bool = True
+    mask_prob: float = 0.75  # time masking (replaced by the learned mask embedding)
+    mask_length: int = 10
+    mask_channel_prob: float = 0.25  # channel masking (zeroed)
+    mask_channel_length: int = 64
+    layerdrop: float = 0.1
+    dropout: float = 0.0  # fairseq wav2vec_ctc: dropout, attention_dropout 0.0, activation_dropout 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.1
+    final_dropout: float = 0.0
+    patience: int = 0  # stop after this many validations without a better best metric (0: never)
+
+    def model_changes(self) -> dict:
+        """The fine-tuning regularisation, as ModelConfig changes (then `model.*` overrides)."""
+        return {
+            "encoder_layerdrop": self.layerdrop,
+            "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
+            "activation_dropout": self.activation_dropout,
+            "final_dropout": self.final_dropout,
+            **self.model,
+        }
+
+
+def build_finetune_model(
+    init: str, cfg: FinetuneConfig, start: Wav2Vec2Model | None = None, keep_head: bool = False, **head: object
+) -> Wav2Vec2Model:
+    """The encoder of any model xlsr reads (`start`, if already loaded from `init`), with a new head (`head`:
+    ModelConfig changes such as head, vocab_size, labels), initialised as the Hugging Face classes do theirs
+    (normal, std 0.02, zero bias); `keep_head` keeps the model's own head (fine-tuning it further)."""
+    start = start if start is not None else load_model(init)
+    state = {k: v for k, v in start.state_dict().items() if keep_head or not k.startswith("head.")}
+    model_cfg: ModelConfig = start.cfg.replace(**head, **cfg.model_changes())
+    model = Wav2Vec2Model(model_cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("head.") for k in missing) or (keep_head and missing):
+        raise AssertionError(f"encoder weights do not fit: missing {missing}, unexpected {unexpected}")
+    if not keep_head:
+        for module in model.head.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.normal_(module.weight, std=0.02)
+                torch.nn.init.zeros_(module.bias)
+    if cfg.freeze_feature_encoder:
+        for p in model.feature_encoder.parameters():
+            p.requires_grad_(False)
+    model.preprocessing, model.source = start.preprocessing, start.source
+    if start.cfg.head == "pretraining":
+        log.info("%s: the quantizer and contrastive projections are dropped", init)
+    return model
+
+
+def encoder_frozen(cfg: FinetuneConfig, update: int) -> bool:
+    """fairseq: the pretrained network takes no gradient while num_updates < freeze_finetune_updates."""
+    return 0 <= update < cfg.freeze_finetune_updates
+
+
+def frozen_context(cfg: FinetuneConfig, update: int):
+    return torch.no_grad() if encoder_frozen(cfg, update) else contextlib.nullcontext()
+
+
+def seed_layerdrop(model: Wav2Vec2Model, seed: int, update: int) -> None:
+    """Which blocks layer drop skips follows (seed, update): the same on every process, and after a resume."""
+    model.encoder.layerdrop_generator = torch.Generator().manual_seed(seed * 1_000_003 + update)
+
+
+def batch_generator(seed: int, epoch: int, indices: list[int]) -> torch.Generator:
+    """Randomness for one batch, fixed by (seed, epoch, utterances): a resumed run draws the same masks."""
+    key = [seed, epoch, *sorted(indices)]
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+
+
+def spec_augment(
+    cfg: FinetuneConfig, frames: torch.Tensor, dim: int, g: torch.Generator
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """fairseq `apply_mask` in fine-tuning: time spans replaced by the mask embedding (at least 2 spans, as
+    fairseq's mask_min_space / transformers' mask_time_min_masks), channel spans zeroed (no minimum).
+    A channel span is at most half the model dim (only tiny models notice: 64 of 1024 channels is the norm)."""
+    if not cfg.apply_mask:
+        return None, None
+    time_mask = channel_mask = None
+    if cfg.mask_prob > 0:
+        time_mask = compute_mask(frames, int(frames.max()), cfg.mask_prob, cfg.mask_length, 2, g)
+    if cfg.mask_channel_prob > 0:
+        dims = torch.full((len(frames),), dim, dtype=torch.long)
+        channel_mask = compute_mask(dims, dim, cfg.mask_channel_prob, min(cfg.mask_channel_length, dim // 2), 0, g)
+    return time_mask, channel_mask
