@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from . import __version__
-from .errors import XlsrError
+from .errors import ConfigError, XlsrError
 
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 MODEL_HELP = (
     "a Hugging Face model directory, a fairseq .pt checkpoint, an xlsr checkpoint, or a hub id "
     "(downloaded only if huggingface_hub is installed and the network allows)"
@@ -89,13 +92,28 @@ def cmd_features(args: argparse.Namespace) -> int:
     return _print_failures(results, "feature files")
 
 
+def split_model(items: list[str], kind: str) -> tuple[str, list[str]]:
+    """`[MODEL] AUDIO...`: the first item is the model unless it is audio, a manifest or a folder that is not a
+    model directory; then the bundled reference model is used."""
+    from .checkpoints import bundled_model
+
+    first = Path(items[0])
+    is_model = (first.is_dir() and (first / "config.json").exists()) or first.suffix in (".pt", ".safetensors")
+    if is_model or (not first.exists() and HUB_ID.match(items[0]) and len(items) > 1):
+        return items[0], items[1:]
+    return str(bundled_model(kind)), items
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from .transcribe import print_transcripts, transcribe
 
     options = {k: getattr(args, k) for k in TRANSCRIBE_OPTIONS}
+    model, audio = split_model(args.inputs, "asr")
+    if not audio:
+        raise ConfigError("no audio given")
     results = transcribe(
-        args.model,
-        args.audio,
+        model,
+        audio,
         output_dir=args.output_dir,
         format=args.format,
         skip_existing=args.skip_existing,
@@ -107,11 +125,27 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return _print_failures(results, "transcripts", skipped=sum(r.skipped for r in results))
 
 
+def cmd_identify(args: argparse.Namespace) -> int:
+    from .classify import identify, print_identifications
+
+    model, audio = split_model(args.inputs, "lid")
+    if not audio:
+        raise ConfigError("no audio given")
+    results = identify(model, audio, top_k=args.top_k, output_dir=args.output_dir, format=args.format,
+                       chunk_seconds=args.chunk_seconds, batch_seconds=args.batch_seconds, device=args.device,
+                       dtype=args.dtype, threads=args.threads, skip_existing=args.skip_existing,
+                       quiet=args.quiet)  # fmt: skip
+    if args.output_dir is None:
+        print_identifications(results, args.format)
+    return _print_failures(results, "files", skipped=sum(r.skipped for r in results))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     options = {k: getattr(args, k) for k in TRANSCRIBE_OPTIONS}
-    report = evaluate(args.model, args.manifest, json_path=args.json, quiet=args.quiet, **options)
+    report = evaluate(args.model, args.manifest, json_path=args.json, quiet=args.quiet, label_column=args.label_column,
+                      crops=args.crops, crop_seconds=args.crop_seconds, plot=args.plot, **options)  # fmt: skip
     print(report.table())
     for f in report.failed:
         print(f"xlsr: error: {f['path']}: {f['error']}", file=sys.stderr)
@@ -145,6 +179,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
     made = synth(args.out, langs, per_lang=args.per_lang, seed=args.seed, quiet=args.quiet)
     counts = ", ".join(f"{len(rows)} {split}" for split, rows in made.items())
     print(f"wrote {args.out}: {counts} clips; manifests {args.out}/train.tsv, valid.tsv, test.tsv")
+    return 0
+
+
+def cmd_finetune_classify(args: argparse.Namespace) -> int:
+    from .finetuning.classify import finetune_classify
+
+    result = finetune_classify(args.init, args.train, args.valid, args.out, label_column=args.label_column,
+                               config=args.config, set=args.set, quiet=args.quiet)  # fmt: skip
+    print(f"done: {result['update']} updates; best validation accuracy {_percent(result['best'])}; "
+          f"model in {args.out}/best")  # fmt: skip
     return 0
 
 
@@ -277,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         "length are cut into overlapping windows; files are sorted by length and batched. A file that cannot be "
         "read is reported on one line and every other file is still transcribed; the exit code is 1 if any failed.",
     )
-    p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("audio", nargs="+", help=AUDIO_HELP)
+    p.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO", help=f"MODEL: {MODEL_HELP}; left out, the bundled "
+                   f"reference model. AUDIO: {AUDIO_HELP}")  # fmt: skip
     p.add_argument(
         "--format",
         default="txt",
@@ -299,7 +343,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("manifest", help="TSV manifest with 'path' and 'text' (and optionally 'lang') columns")
     p.add_argument("--json", metavar="PATH", help="also write the full report (with every utterance) as JSON")
+    g = p.add_argument_group("classification models")
+    g.add_argument("--label-column", default="lang", help="the manifest column holding the true label (default lang)")
+    g.add_argument("--crops", type=int, nargs="?", const=10, metavar="N",
+                   help="fairseq's LID procedure: N random crops per utterance (10 when N is left out), softmax per "
+                   "crop, probabilities averaged (default: whole utterances, in windows)")  # fmt: skip
+    g.add_argument("--crop-seconds", type=float, default=10.0, help="crop length for --crops (default 10)")
+    g.add_argument("--plot", metavar="PNG", help="write the confusion matrix as a PNG image")
     add_transcribe_options(p)
+
+    p = command(
+        "identify",
+        cmd_identify,
+        "top-k labels (languages, speakers) of audio files with a classification model",
+        "Classify audio files with a classification model (e.g. language ID): each file's class probabilities, "
+        "averaged over windows of --chunk-seconds, and the top-k labels. Files of any length and number; a file "
+        "that cannot be read is reported on one line and the others are still done.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO", help=f"MODEL: {MODEL_HELP}; left out, the bundled "
+                   f"reference model. AUDIO: {AUDIO_HELP}")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=3, help="labels to report per file (default 3)")
+    p.add_argument("--format", default="txt", choices=["txt", "json", "tsv"],
+                   help="txt (default: 'label probability' lines; one per file for several), json, tsv")  # fmt: skip
+    p.add_argument("--output-dir", help="write one <name>.<format> per input here (default: print to stdout)")
+    p.add_argument("--skip-existing", action="store_true", help="with --output-dir: skip inputs already written")
+    p.add_argument("--chunk-seconds", type=float, default=10.0, help="window length for long files (default 10)")
+    p.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (default 60)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", help="float32 (CPU default), float16 (GPU default) or bfloat16")
+    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command(
         "pretrain",
@@ -350,6 +423,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(p, valid_required=True)
     p.add_argument("--init", required=True, help="the pretrained model: " + MODEL_HELP)
     p.add_argument("--vocab", help="use this vocab.json (or a model directory's) instead of building one")
+
+    p = tasks.add_parser(
+        "classify",
+        help="utterance classification: language ID, speaker ID, any label column",
+        description="Fine-tune a pretrained model (--init) to classify utterances by a manifest column "
+        "(--label-column, default lang): mean pooling over valid frames, projection and classifier, as transformers' "
+        "Wav2Vec2ForSequenceClassification (--set weighted_layer_sum=true for a learned sum of layers). Random crops "
+        "of crop_seconds in training; --set balanced=true samples classes equally. Validation accuracy every "
+        "validate_interval_updates; the best model goes to OUT/best/ (a Hugging Face directory with id2label).",
+    )
+    p.set_defaults(func=cmd_finetune_classify)
+    add_training_options(p, valid_required=True)
+    p.add_argument("--init", required=True, help="the pretrained model: " + MODEL_HELP)
+    p.add_argument("--label-column", help="manifest column with the labels (default lang)")
     return parser
 
 

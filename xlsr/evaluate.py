@@ -17,7 +17,7 @@ import jiwer
 from .checkpoints import load_model
 from .checkpoints.io import atomic_write_text
 from .data.manifest import read_manifest
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .models import Wav2Vec2Model
 from .runtime import resolve_device
 from .text.normalize import TextNormalization, normalize_text
@@ -73,14 +73,23 @@ def evaluate(
     normalization: TextNormalization = TextNormalization(),
     device: str | None = None,
     quiet: bool = False,
+    label_column: str = "lang",
+    crops: int | None = None,
+    crop_seconds: float = 10.0,
+    plot: str | Path | None = None,
     **transcribe_options: Any,
 ):
-    """Transcribes (CTC) or classifies (classification head) a manifest and scores it against its references."""
+    """Transcribes (CTC) or classifies (classification head) a manifest and scores it against its references.
+    `label_column`, `crops`, `crop_seconds` and `plot` concern classification models (see `classify.py`)."""
     net = model if isinstance(model, Wav2Vec2Model) else load_model(model, device=resolve_device(device))
     if net.cfg.head == "classification":
         from .classify import evaluate_classifier
 
-        return evaluate_classifier(net, manifest, json_path=json_path, device=device, quiet=quiet, **transcribe_options)
+        return evaluate_classifier(net, manifest, json_path=json_path, label_column=label_column, crops=crops,
+                                   crop_seconds=crop_seconds, plot=plot, device=device, quiet=quiet,
+                                   **transcribe_options)  # fmt: skip
+    if crops or plot:
+        raise ConfigError("--crops and --plot apply to classification models")
     from .transcribe import transcribe
 
     utterances = read_manifest(manifest)

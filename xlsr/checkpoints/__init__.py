@@ -71,6 +71,18 @@ def load_model(
     return net.to(device=device, dtype=dtype).eval()
 
 
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "model"
+
+
+def bundled_model(kind: str = "asr") -> Path:
+    """The small reference models shipped with xlsr (recipes/reference_model.py): `asr` (CTC, 12 languages'
+    shared characters) and `lid` (language ID), fine-tuned from one self-supervised encoder."""
+    path = BUNDLED_MODEL / kind
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"the bundled {kind} model is missing from {path}: name a MODEL")
+    return path
+
+
 def _encoder_only(model: Wav2Vec2Model) -> Wav2Vec2Model:
     """The same network without its head (transformers' Wav2Vec2Model)."""
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
@@ -144,4 +156,4 @@ def init(out: str | Path, preset: str = "tiny", seed: int = 0) -> Wav2Vec2Model:
     return model
 
 
-__all__ = ["checkpoint_dict", "convert", "info", "init", "load_model", "save_hf_dir"]
+__all__ = ["bundled_model", "checkpoint_dict", "convert", "info", "init", "load_model", "save_hf_dir"]

@@ -1,0 +1,335 @@
+"""`xlsr identify` and `xlsr evaluate` for classification models (language ID, speaker ID, ...).
+
+identify: each file is cut into windows of `chunk_seconds` (the streaming windows of `inference.py`, so
+memory stays flat on long recordings); each window's class probabilities (softmax) are averaged over
+the file, weighted by the window's length; the top-k labels are reported.
+
+evaluate: accuracy overall, per class and per duration bucket (0-5 s, 5-20 s, 20 s and more: the buckets
+of the XLS-R paper's VoxLingua107 table), and a confusion matrix (text, and a PNG with matplotlib).
+`crops=N` is fairseq's LID evaluation instead: N random crops of at most `crop_seconds` per utterance
+(an utterance no longer than that is used whole, once), softmax per crop, probabilities averaged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .audio import load_audio, normalize, pad_batch
+from .checkpoints import load_model
+from .checkpoints.io import atomic_path, atomic_write_text
+from .data.manifest import InputError, Utterance, expand_inputs, output_names, read_manifest
+from .errors import ConfigError, DataError, XlsrError
+from .inference import WindowedRunner
+from .models import Wav2Vec2Model
+from .runtime import progress, resolve_device, resolve_dtype, set_threads
+
+FORMATS = ("txt", "json", "tsv")
+BUCKETS = ((0.0, 5.0, "0-5 s"), (5.0, 20.0, "5-20 s"), (20.0, float("inf"), ">20 s"))
+
+
+@dataclass
+class Identification:
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)  # (label, probability), best first
+    duration: float = 0.0
+    model: str = ""
+    error: str | None = None
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "labels": [{"label": label, "probability": round(p, 6)} for label, p in self.top],
+            "duration": round(self.duration, 3),
+            "model": self.model,
+            "error": self.error,
+        }
+
+
+def render(r: Identification, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(r.to_dict(), ensure_ascii=False, indent=2) + "\n"
+    if fmt == "tsv":
+        return "label\tprobability\n" + "".join(f"{label}\t{p:.4f}\n" for label, p in r.top)
+    return "".join(f"{label} {p:.4f}\n" for label, p in r.top)
+
+
+def classification_model(model: str | Path | Wav2Vec2Model, device: str | None, dtype: str | None) -> Wav2Vec2Model:
+    dev = resolve_device(device)
+    net = model if isinstance(model, Wav2Vec2Model) else load_model(model, device=dev)
+    if net.cfg.head != "classification":
+        raise ConfigError(
+            f"{net.source} has no classification head ({net.cfg.head}); fine-tune one with `xlsr finetune classify`"
+        )
+    return net.to(device=dev, dtype=resolve_dtype(dtype, dev))
+
+
+def window_probabilities(net: Wav2Vec2Model):
+    """The runner's forward: each window's class probabilities, repeated on each of its frames, so that the
+    stitched (T, K) output averages to the length-weighted mean over windows."""
+
+    def forward(waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        probs = net(waves, lengths).float().softmax(-1)  # (B, K)
+        T = int(net.frame_lengths(torch.tensor([waves.shape[1]]))[0])
+        return probs[:, None, :].expand(-1, T, -1)
+
+    return forward
+
+
+def identify(
+    model: str | Path | Wav2Vec2Model,
+    audio: list[str | Path],
+    top_k: int = 5,
+    output_dir: str | Path | None = None,
+    format: str = "txt",
+    chunk_seconds: float = 10.0,
+    batch_seconds: float = 60.0,
+    device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    skip_existing: bool = False,
+    quiet: bool = False,
+) -> list[Identification]:
+    """Top-k labels with probabilities for files, folders and manifests; one result per input, in input order.
+    A file that cannot be read gets `error` set and every other file is still done."""
+    if format not in FORMATS:
+        raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    set_threads(threads)
+    net = classification_model(model, device, dtype)
+    labels = net.cfg.labels
+    frame = net.cfg.frame_stride / net.preprocessing.sample_rate
+    runner = WindowedRunner(net, window_probabilities(net), chunk_seconds, frame, batch_seconds)
+    entries = expand_inputs(audio)
+    results: list[Identification | None] = [None] * len(entries)
+    items = {i: u for i, u in enumerate(entries) if isinstance(u, Utterance)}
+    names = dict(zip(items, output_names([u.path for u in items.values()])))
+    out_dir = Path(output_dir) if output_dir else None
+    todo = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, InputError):
+            results[i] = Identification(entry.path, model=net.source, error=entry.cause)
+        elif out_dir and skip_existing and (out_dir / f"{names[i]}.{format}").exists():
+            results[i] = Identification(str(entry.path), model=net.source, skipped=True)
+        else:
+            todo.append(i)
+    bar = progress(None, "identify", "s", quiet, bar_format="{desc}: {n:.0f} s of audio [{elapsed}] {postfix}")
+    for done in runner.run([items[i].path for i in todo], [items[i].samples for i in todo], bar):
+        i = todo[done.item]
+        if done.outputs is None:
+            results[i] = Identification(str(items[i].path), model=net.source, error=done.error)
+            continue
+        probs = done.outputs.mean(axis=0)
+        best = np.argsort(-probs)[: max(top_k, 1)]
+        r = Identification(str(items[i].path), [(labels[k], float(probs[k])) for k in best], done.seconds, net.source)
+        results[i] = r
+        if out_dir:
+            atomic_write_text(out_dir / f"{names[i]}.{format}", render(r, format))
+    bar.close()
+    return [r for r in results if r is not None]
+
+
+def print_identifications(results: list[Identification], fmt: str, stream=None) -> None:
+    """One file: the format itself; several: `path<TAB>label<TAB>probability` lines (txt, tsv) or JSON lines."""
+    stream = stream or sys.stdout
+    ok = [r for r in results if r.error is None and not r.skipped]
+    if len(results) == 1 and ok:
+        stream.write(render(ok[0], fmt))
+        return
+    for r in ok:
+        if fmt == "json":
+            stream.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+        else:  # txt: the best label per file; tsv: all top-k
+            stream.write("".join(f"{r.path}\t{label}\t{p:.4f}\n" for label, p in r.top[: 1 if fmt == "txt" else None]))
+
+
+# -- evaluation ------------------------------------------------------------------------------------------
+def crop_starts(length: int, crop: int, n: int, rng: np.random.Generator) -> list[int]:
+    """fairseq's LID evaluation crops: n random starts when the utterance is longer than `crop`, else [0]."""
+    if length <= crop:
+        return [0]
+    return [int(s) for s in rng.integers(0, length - crop + 1, size=n)]
+
+
+@torch.inference_mode()
+def crop_probabilities(net: Wav2Vec2Model, audio: np.ndarray, crop: int, n: int, seed: int) -> np.ndarray:
+    """Softmax per random crop, averaged: (K,)."""
+    starts = crop_starts(len(audio), crop, n, np.random.default_rng(seed))
+    pieces = [audio[s : s + crop] for s in starts]
+    waves, lengths = pad_batch(pieces)
+    device, dtype = net.mask_emb.device, net.mask_emb.dtype
+    waves, lengths = waves.to(device), lengths.to(device)
+    if net.preprocessing.do_normalize:
+        waves = normalize(waves, lengths, net.preprocessing.normalize_eps)
+    return net(waves.to(dtype), lengths).float().softmax(-1).mean(0).cpu().numpy()
+
+
+@dataclass
+class Accuracy:
+    correct: int = 0
+    total: int = 0
+
+    @property
+    def value(self) -> float:
+        return self.correct / self.total if self.total else float("nan")
+
+
+@dataclass
+class ClassificationReport:
+    labels: tuple[str, ...]
+    overall: Accuracy
+    per_class: dict[str, Accuracy]
+    per_bucket: dict[str, Accuracy]
+    confusion: np.ndarray  # (reference, predicted) counts over `labels`
+    utterances: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        acc = lambda a: {"accuracy": a.value, "correct": a.correct, "total": a.total}  # noqa: E731
+        return {
+            "overall": acc(self.overall),
+            "per_class": {k: acc(v) for k, v in self.per_class.items()},
+            "per_duration": {k: acc(v) for k, v in self.per_bucket.items()},
+            "labels": list(self.labels),
+            "confusion": self.confusion.tolist(),
+            "failed": self.failed,
+            "utterances": self.utterances,
+        }
+
+    def table(self) -> str:
+        lines = [f"{'class':<14} {'utts':>6} {'accuracy %':>11}"]
+        for name, a in sorted(self.per_class.items()):
+            lines.append(f"{name:<14} {a.total:>6} {100 * a.value:>11.2f}")
+        for name, a in self.per_bucket.items():
+            lines.append(f"{'[' + name + ']':<14} {a.total:>6} {100 * a.value:>11.2f}")
+        lines.append(f"{'all':<14} {self.overall.total:>6} {100 * self.overall.value:>11.2f}")
+        return "\n".join(lines) + "\n\n" + self.confusion_text()
+
+    def confusion_text(self) -> str:
+        used = [i for i in range(len(self.labels)) if self.confusion[i].sum() or self.confusion[:, i].sum()]
+        width = max(5, *(len(self.labels[i]) for i in used))
+        head = "ref \\ hyp".ljust(width) + " " + " ".join(self.labels[i].rjust(width) for i in used)
+        rows = [
+            self.labels[r].ljust(width) + " " + " ".join(str(self.confusion[r, c]).rjust(width) for c in used)
+            for r in used
+        ]
+        return "confusion matrix (rows: reference, columns: prediction)\n" + "\n".join([head, *rows])
+
+    def plot(self, path: str | Path) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ConfigError("a confusion-matrix plot needs matplotlib (pip install 'xlsr[plot]')") from None
+        n = len(self.labels)
+        fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
+        rates = self.confusion / np.maximum(self.confusion.sum(1, keepdims=True), 1)
+        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(n), self.labels, rotation=90)
+        ax.set_yticks(range(n), self.labels)
+        ax.set_xlabel("prediction")
+        ax.set_ylabel("reference")
+        for r in range(n):
+            for c in range(n):
+                if self.confusion[r, c]:
+                    ax.text(c, r, str(self.confusion[r, c]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[r, c] > 0.5 else "black")  # fmt: skip
+        ax.set_title(f"accuracy {100 * self.overall.value:.1f}%")
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+        plt.close(fig)
+
+
+def score(labels: tuple[str, ...], rows: list[tuple[str, str, float]]) -> ClassificationReport:
+    """rows: (reference, prediction, seconds) -> accuracies overall, per class, per duration bucket, confusion."""
+    index = {label: i for i, label in enumerate(labels)}
+    report = ClassificationReport(labels, Accuracy(), {}, {}, np.zeros((len(labels), len(labels)), dtype=np.int64))
+    for ref, hyp, seconds in rows:
+        ok = int(ref == hyp)
+        bucket = next(name for lo, hi, name in BUCKETS if lo <= seconds < hi)
+        for acc in (report.overall, report.per_class.setdefault(ref, Accuracy()),
+                    report.per_bucket.setdefault(bucket, Accuracy())):  # fmt: skip
+            acc.correct += ok
+            acc.total += 1
+        if ref in index:
+            report.confusion[index[ref], index[hyp]] += 1
+    order = [name for _, _, name in BUCKETS if name in report.per_bucket]
+    report.per_bucket = {name: report.per_bucket[name] for name in order}
+    return report
+
+
+def evaluate_classifier(
+    model: str | Path | Wav2Vec2Model,
+    manifest: str | Path,
+    json_path: str | Path | None = None,
+    label_column: str = "lang",
+    crops: int | None = None,
+    crop_seconds: float = 10.0,
+    plot: str | Path | None = None,
+    seed: int = 0,
+    chunk_seconds: float = 10.0,
+    batch_seconds: float = 60.0,
+    device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    quiet: bool = False,
+    **ignored: Any,
+) -> ClassificationReport:
+    """Classifies every utterance of `manifest` and scores it against its `label_column`."""
+    if ignored.get("lm") or ignored.get("hotwords"):
+        raise ConfigError("--lm and --hotwords apply to CTC models, not to classification")
+    set_threads(threads)
+    net = classification_model(model, device, dtype)
+    utterances = read_manifest(manifest)
+    refs = [u.get(label_column) for u in utterances]
+    if all(r is None for r in refs):
+        raise DataError(f"{manifest}: no '{label_column}' column to score against (set --label-column)")
+    rows, report_rows, failed = [], [], []
+    if crops:
+        bar = progress(len(utterances), "evaluate", "utt", quiet)
+        crop = int(crop_seconds * net.preprocessing.sample_rate)
+        for i, u in enumerate(utterances):
+            bar.update(1)
+            try:
+                audio = load_audio(u.path, net.preprocessing.sample_rate)
+            except XlsrError as e:
+                failed.append({"path": str(u.path), "error": str(e).removeprefix(f"{u.path}: ")})
+                continue
+            probs = crop_probabilities(net, audio, crop, crops, seed * 1_000_003 + i)
+            rows.append((u, probs, len(audio) / net.preprocessing.sample_rate))
+        bar.close()
+    else:
+        results = identify(net, [manifest], top_k=len(net.cfg.labels), chunk_seconds=chunk_seconds,
+                           batch_seconds=batch_seconds, quiet=quiet)  # fmt: skip
+        for u, r in zip(utterances, results, strict=True):
+            if r.error:
+                failed.append({"path": str(u.path), "error": r.error})
+                continue
+            probs = dict(r.top)
+            rows.append((u, np.array([probs[label] for label in net.cfg.labels]), r.duration))
+    listed = []
+    for u, probs, seconds in rows:
+        ref = u.get(label_column)
+        if ref is None:
+            continue
+        hyp = net.cfg.labels[int(np.argmax(probs))]
+        report_rows.append((ref, hyp, seconds))
+        listed.append({"path": str(u.path), "reference": ref, "prediction": hyp, "seconds": round(seconds, 3)})
+    if not report_rows:
+        raise DataError(f"{manifest}: no utterance could be scored")
+    report = score(net.cfg.labels, report_rows)
+    report.failed, report.utterances = failed, listed
+    if json_path:
+        atomic_write_text(json_path, json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    if plot:
+        report.plot(plot)
+    return report

@@ -1,0 +1,176 @@
+"""`xlsr finetune classify`: utterance classification (language ID, speaker ID, any label column).
+
+The head is transformers' Wav2Vec2ForSequenceClassification: projection, mean over the valid frames
+(padding excluded), classifier; optionally a learned softmax-weighted sum of the Transformer's hidden
+states (`weighted_layer_sum`, transformers `use_weighted_layer_sum`). Labels are the sorted values of the
+label column in the training manifest, stored in the model (`id2label`). Training sees random crops of
+`crop_seconds`; validation the whole utterance (up to `max_sample_size`). `balanced=true` samples every
+class equally often (XLS-R's language sampling with alpha = 0 over the labels).
+
+Defaults differ from CTC fine-tuning where transformers' audio-classification recipe does: light time
+masking (mask_prob 0.05), no channel masking, no frozen phase, lr 1e-4 with 10% linear warm-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoints import load_model, save_hf_dir
+from ..data.dataset import AudioDataset, BatchSampler, crop_and_pad
+from ..data.manifest import read_manifest
+from ..errors import ConfigError, DataError
+from ..models import Wav2Vec2Model
+from ..models.feature_encoder import conv_output_lengths
+from ..training.config import build_config
+from ..training.distributed import World
+from ..training.logging import log
+from ..training.trainer import StepOutput, Task, Trainer
+from .common import FinetuneConfig, batch_generator, build_finetune_model, frozen_context, seed_layerdrop, spec_augment
+
+
+@dataclass
+class ClassifyConfig(FinetuneConfig):
+    label_column: str = "lang"
+    crop_seconds: float = 6.0  # training crops
+    balanced: bool = False  # class-balanced sampling
+    weighted_layer_sum: bool = False
+    classifier_proj_size: int = 256
+    lr: float = 1e-4
+    lr_scheduler: str = "polynomial_decay"
+    warmup_updates: int = 2000
+    freeze_finetune_updates: int = 0
+    mask_prob: float = 0.05
+    mask_channel_prob: float = 0.0
+    max_update: int = 20_000
+
+
+class ClassificationTask(Task):
+    name = "classify"
+    best_metric = "accuracy"
+    maximize = True
+    may_skip_parameters = True
+
+    def __init__(self, cfg: ClassifyConfig, train, valid, init: str):
+        super().__init__(cfg, train, valid)
+        self.init = init
+        self.labels: tuple[str, ...] = ()
+        self.dropped: dict[str, int] = {}
+
+    def build_model(self) -> Wav2Vec2Model:
+        cfg: ClassifyConfig = self.cfg
+        values = [u.get(cfg.label_column) for u in read_manifest(self.train_manifest)]
+        if all(v is None for v in values):
+            raise DataError(f"{self.train_manifest}: no '{cfg.label_column}' column (set --label-column)")
+        self.labels = tuple(sorted({v for v in values if v}))
+        if len(self.labels) < 2:
+            raise DataError(f"{self.train_manifest}: '{cfg.label_column}' has fewer than two distinct values")
+        start = load_model(self.init)
+        keep = start.cfg.head == "classification" and start.cfg.labels == self.labels
+        if keep:
+            log.info("%s already classifies these labels: its head is fine-tuned further", self.init)
+        log.info("%d labels (%s): %s", len(self.labels), cfg.label_column, " ".join(self.labels))
+        return build_finetune_model(self.init, cfg, start=start, keep_head=keep, head="classification",
+                                    labels=self.labels, use_weighted_layer_sum=cfg.weighted_layer_sum,
+                                    classifier_proj_size=cfg.classifier_proj_size)  # fmt: skip
+
+    def _dataset(self, manifest, model: Wav2Vec2Model, training: bool) -> AudioDataset:
+        cfg: ClassifyConfig = self.cfg
+        ds = AudioDataset(read_manifest(manifest), model.preprocessing, cfg.min_sample_size)
+        ds.training = training
+        keep = np.array([u.get(cfg.label_column) in self.index for u in ds.utterances], dtype=bool)
+        self.dropped["train" if training else "valid"] = int((~keep).sum())
+        ds.select(keep)
+        return ds
+
+    def datasets(self, model: Wav2Vec2Model, world: World):
+        cfg: ClassifyConfig = self.cfg
+        self.model_cfg, self.sample_rate = model.cfg, model.preprocessing.sample_rate
+        self.index = {label: i for i, label in enumerate(model.cfg.labels)}
+        self.crop = int(cfg.crop_seconds * self.sample_rate)
+        train = self._dataset(self.train_manifest, model, True)
+        labels = [u.get(cfg.label_column) for u in train.utterances]
+        sampler = BatchSampler(train.sizes, cfg.max_tokens, self.crop, cfg.seed, labels,
+                               0.0 if cfg.balanced else 1.0, True, world.rank, world.size)  # fmt: skip
+        valid = self._dataset(self.valid_manifest, model, False)
+        valid_sampler = BatchSampler(valid.sizes, cfg.max_tokens, cfg.max_sample_size, cfg.seed, shuffle=False,
+                                     rank=world.rank, world_size=world.size)  # fmt: skip
+        return train, sampler, valid, valid_sampler
+
+    def describe_data(self, train: AudioDataset, valid: AudioDataset) -> None:
+        for name, ds in (("train", train), ("valid", valid)):
+            if self.dropped.get(name):
+                log.warning("%s: %d utterances dropped: a label the training set does not have, or none",
+                            name, self.dropped[name])  # fmt: skip
+            if not len(ds):
+                raise ConfigError(f"the {name} manifest has no usable utterance")
+
+    def collate(self, items: list[dict]) -> dict:
+        cfg: ClassifyConfig = self.cfg
+        training = items[0]["training"]
+        audio, lengths = crop_and_pad(items, self.crop if training else cfg.max_sample_size, True, cfg.seed)
+        frames = conv_output_lengths(lengths, [(k, s) for _, k, s in self.model_cfg.conv_feature_layers])
+        time_mask = channel_mask = None
+        if training:
+            g = batch_generator(cfg.seed, items[0]["epoch"], [it["index"] for it in items])
+            time_mask, channel_mask = spec_augment(cfg, frames, self.model_cfg.encoder_embed_dim, g)
+        labels = torch.tensor([self.index[it["utterance"].get(cfg.label_column)] for it in items])
+        return {
+            "audio": audio,
+            "audio_lens": lengths,
+            "labels": labels,
+            "time_mask": time_mask,
+            "channel_mask": channel_mask,
+            "sample_size": len(items),
+            "audio_seconds": float(lengths.sum()) / self.sample_rate,
+        }
+
+    def before_update(self, model: Wav2Vec2Model, update: int) -> None:
+        seed_layerdrop(model, self.cfg.seed, update)
+
+    def forward(self, model: Wav2Vec2Model, batch: dict, update: int) -> StepOutput:
+        cfg: ClassifyConfig = self.cfg
+        device = next(model.parameters()).device
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        with frozen_context(cfg, update):
+            out = model.encode(
+                move(batch["audio"]),
+                move(batch["audio_lens"]),
+                time_mask=move(batch["time_mask"]),
+                channel_mask=move(batch["channel_mask"]),
+                feature_grad_mult=0.0 if cfg.freeze_feature_encoder else 1.0,
+                return_hidden_states=model.cfg.use_weighted_layer_sum,
+            )
+        logits = model.head(out.x, out.hidden_states, out.padding_mask).float()
+        labels = batch["labels"].to(device)
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        correct = float((logits.detach().argmax(-1) == labels).sum())
+        return StepOutput(loss, {"loss": float(loss.detach()), "correct": correct, "sample_size": len(labels)})
+
+    def summarize(self, s: dict[str, float]) -> dict[str, float]:
+        n = max(s["sample_size"], 1)
+        return {"loss": s["loss"] / n, "accuracy": s["correct"] / n}
+
+    def on_best(self, model: Wav2Vec2Model, out_dir: Path) -> None:
+        save_hf_dir(model, out_dir / "best", None, model.preprocessing, xlsr_label_column=self.cfg.label_column)
+
+
+def finetune_classify(
+    init: str,
+    train: str | Path,
+    valid: str | Path,
+    out: str | Path,
+    label_column: str | None = None,
+    config: str | Path | None = None,
+    set: list[str] = (),  # noqa: A002 (the CLI's --set)
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Fine-tunes `init` to classify utterances by `label_column`; the best model by validation accuracy is
+    written to `out/best/` (a Hugging Face Wav2Vec2ForSequenceClassification directory)."""
+    cfg = build_config(ClassifyConfig, config, set, label_column=label_column)
+    return Trainer(ClassificationTask(cfg, train, valid, init), out, quiet).run()
