@@ -337,11 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         cmd_evaluate,
         "score a model on a manifest: WER/CER (CTC) or accuracy (classification)",
-        "Transcribe a manifest with a 'text' column and report word and character error rates (jiwer), overall "
-        "and per language, after lower-casing and removing punctuation on both sides.",
+        "CTC models: transcribe a manifest with a 'text' column and report word and character error rates "
+        "(jiwer), overall and per language, after lower-casing and removing punctuation on both sides. "
+        "Classification models: accuracy overall, per class and per duration (0-5 s, 5-20 s), and a confusion "
+        "matrix, against the manifest's --label-column.",
     )
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("manifest", help="TSV manifest with 'path' and 'text' (and optionally 'lang') columns")
+    p.add_argument("manifest", help="TSV manifest with 'path' and 'text' (CTC) or a label column, optionally 'lang'")
     p.add_argument("--json", metavar="PATH", help="also write the full report (with every utterance) as JSON")
     g = p.add_argument_group("classification models")
     g.add_argument("--label-column", default="lang", help="the manifest column holding the true label (default lang)")
