@@ -31,7 +31,7 @@ from ..training.config import build_config
 from ..training.distributed import World
 from ..training.logging import log
 from ..training.trainer import StepOutput, Task, Trainer
-from .common import FinetuneConfig, batch_generator, build_finetune_model, frozen_context, seed_layerdrop, spec_augment
+from .common import FinetuneConfig, batch_generator, build_finetune_model, encode_batch, seed_layerdrop, spec_augment
 
 
 @dataclass
@@ -135,17 +135,8 @@ class ClassificationTask(Task):
 
     def forward(self, model: Wav2Vec2Model, batch: dict, update: int) -> StepOutput:
         cfg: ClassifyConfig = self.cfg
-        device = next(model.parameters()).device
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        with frozen_context(cfg, update):
-            out = model.encode(
-                move(batch["audio"]),
-                move(batch["audio_lens"]),
-                time_mask=move(batch["time_mask"]),
-                channel_mask=move(batch["channel_mask"]),
-                feature_grad_mult=0.0 if cfg.freeze_feature_encoder else 1.0,
-                return_hidden_states=model.cfg.use_weighted_layer_sum,
-            )
+        out = encode_batch(model, batch, cfg, update)
+        device = out.x.device
         logits = model.head(out.x, out.hidden_states, out.padding_mask).float()
         labels = batch["labels"].to(device)
         loss = F.cross_entropy(logits, labels, reduction="sum")

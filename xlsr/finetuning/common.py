@@ -17,6 +17,7 @@ import torch
 from ..checkpoints import load_model
 from ..config import ModelConfig
 from ..models import Wav2Vec2Model
+from ..models.wav2vec2 import EncoderOutput
 from ..pretraining.masking import compute_mask
 from ..training.config import TrainConfig
 from ..training.logging import log
@@ -96,6 +97,22 @@ def encoder_frozen(cfg: FinetuneConfig, update: int) -> bool:
 
 def frozen_context(cfg: FinetuneConfig, update: int):
     return torch.no_grad() if encoder_frozen(cfg, update) else contextlib.nullcontext()
+
+
+def encode_batch(model: Wav2Vec2Model, batch: dict, cfg: FinetuneConfig, update: int) -> EncoderOutput:
+    """The encoder over a fine-tuning batch (audio, audio_lens, time_mask, channel_mask), frozen as the
+    schedule says; the head is the task's (it always trains)."""
+    device = next(model.parameters()).device
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    with frozen_context(cfg, update):
+        return model.encode(
+            move(batch["audio"]),
+            move(batch["audio_lens"]),
+            time_mask=move(batch["time_mask"]),
+            channel_mask=move(batch["channel_mask"]),
+            feature_grad_mult=0.0 if cfg.freeze_feature_encoder else 1.0,
+            return_hidden_states=model.cfg.use_weighted_layer_sum,
+        )
 
 
 def seed_layerdrop(model: Wav2Vec2Model, seed: int, update: int) -> None:

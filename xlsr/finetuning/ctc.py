@@ -38,7 +38,7 @@ from .common import (
     FinetuneConfig,
     batch_generator,
     build_finetune_model,
-    frozen_context,
+    encode_batch,
     seed_layerdrop,
     spec_augment,
 )
@@ -203,16 +203,8 @@ class CTCTask(Task):
 
     def forward(self, model: Wav2Vec2Model, batch: dict, update: int) -> StepOutput:
         cfg: CTCConfig = self.cfg
-        device = next(model.parameters()).device
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        with frozen_context(cfg, update):
-            out = model.encode(
-                move(batch["audio"]),
-                move(batch["audio_lens"]),
-                time_mask=move(batch["time_mask"]),
-                channel_mask=move(batch["channel_mask"]),
-                feature_grad_mult=0.0 if cfg.freeze_feature_encoder else 1.0,
-            )
+        out = encode_batch(model, batch, cfg, update)
+        device = out.x.device
         log_probs = model.head(out.x).float().log_softmax(-1)  # float32 even under autocast: no fp16 overflow
         B, T, _ = log_probs.shape
         frames = out.lengths if out.lengths is not None else torch.full((B,), T, device=device)
