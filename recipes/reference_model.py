@@ -5,7 +5,7 @@
 1. synth     a 10-language espeak-ng corpus (UDHR phrases, varied voices; `xlsr synth`)
 2. pretrain  a `small` model (4 layers, 192 dim, 2.4M parameters) with the XLS-R objective on all of it
 3. ctc       CTC fine-tuning on every language at once, one shared character vocabulary
-4. lid       a language-ID head fine-tuned from the same pretrained encoder
+4. lid       a language-ID head on the CTC model's encoder (fine-tuned further: it knows the languages' sounds)
 5. evaluate  CER per language on the held-out test phrases, language-ID accuracy; with --install, the two
              models are stored in float16 in xlsr/assets/model/{asr,lid} with one example clip per language
              in examples/, and the table is written to recipes/results/reference_model.md
@@ -44,7 +44,7 @@ PRETRAIN = ["max_update=2000", "lr=1.5e-3", "warmup_updates=200", "max_tokens=40
 CTC = ["max_update=3000", "lr=2e-3", "freeze_finetune_updates=100", "max_tokens=320000", "mask_prob=0.3",
        "mask_channel_prob=0.1", "mask_channel_length=16", "layerdrop=0.05", "log_interval=100",
        "validate_interval_updates=500", "save_interval_updates=500", "num_workers=1"]  # fmt: skip
-LID = ["max_update=800", "lr=1e-3", "warmup_updates=80", "max_tokens=320000", "crop_seconds=3.0",
+LID = ["max_update=1200", "lr=1.5e-3", "warmup_updates=100", "max_tokens=320000", "crop_seconds=3.0",
        "log_interval=50", "validate_interval_updates=200", "save_interval_updates=200", "num_workers=1"]  # fmt: skip
 
 
@@ -81,8 +81,8 @@ def main() -> None:
         finetune_ctc(encoder, corpus / "train.tsv", corpus / "valid.tsv", work / "ctc", set=CTC),
         (work / "ctc" / "done").touch()))  # fmt: skip
     stage("lid", work / "lid" / "done", lambda: (
-        finetune_classify(encoder, corpus / "train.tsv", corpus / "valid.tsv", work / "lid", label_column="lang",
-                          set=LID),
+        finetune_classify(str(work / "ctc" / "best"), corpus / "train.tsv", corpus / "valid.tsv", work / "lid",
+                          label_column="lang", set=LID),
         (work / "lid" / "done").touch()))  # fmt: skip
     print("== evaluate (the float16-stored models)", flush=True)
     half(work / "ctc" / "best", work / "final" / "asr")

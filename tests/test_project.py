@@ -11,3 +11,10 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert len(ci_line) == 1
     assert f"```bash\n{ci_line[0]}\n```" in readme
     assert "pytest" in ci_line[0] and "torch==2.13.0" in ci_line[0]
+
+
+def test_the_readme_first_command_runs_the_bundled_models_on_the_examples():
+    readme = (ROOT / "README.md").read_text()
+    first = readme.split("```bash\n")[1].split("\n```")[0]
+    assert first.endswith("xlsr transcribe examples/*.wav && xlsr identify examples/*.wav")
+    assert (ROOT / "examples" / "examples.tsv").exists()

@@ -75,8 +75,8 @@ BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "model"
 
 
 def bundled_model(kind: str = "asr") -> Path:
-    """The small reference models shipped with xlsr (recipes/reference_model.py): `asr` (CTC, 12 languages'
-    shared characters) and `lid` (language ID), fine-tuned from one self-supervised encoder."""
+    """The small reference models shipped with xlsr (recipes/reference_model.py): `asr` (CTC, 10 languages'
+    shared characters) and `lid` (language ID, fine-tuned from the CTC model's encoder)."""
     path = BUNDLED_MODEL / kind
     if not (path / "config.json").exists():
         raise CheckpointError(f"the bundled {kind} model is missing from {path}: name a MODEL")
