@@ -45,6 +45,14 @@ def init_world(device: str | None) -> World:
     return World(rank, size, local, dev)
 
 
+def finish_world(world: World) -> None:
+    """Waits for every process (the main one may still be writing a checkpoint), then leaves the process
+    group: a process that exits with the group alive can abort in gloo's threads."""
+    if world.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float], world: World) -> list[float]:
     """Sums a few numbers over all processes (one collective)."""
     if not world.distributed:

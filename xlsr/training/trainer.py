@@ -35,7 +35,7 @@ from ..errors import ConfigError, XlsrError
 from ..models import Wav2Vec2Model
 from ..runtime import progress
 from .config import TrainConfig, to_yaml
-from .distributed import World, all_reduce_sum, init_world, wrap
+from .distributed import World, all_reduce_sum, finish_world, init_world, wrap
 from .logging import MetricsLogger, log, setup_console_logging
 from .schedule import lr_at
 
@@ -482,6 +482,7 @@ class Trainer:
         finally:
             bar.close()
             self.logger.close()
+        finish_world(self.world)
         return {"update": self.update, "best": self.best, "last": last_metrics, "out_dir": str(self.out_dir)}
 
     def _loader_generator(self) -> torch.Generator:
