@@ -30,8 +30,8 @@ from ..models.feature_encoder import conv_output_lengths
 from ..training.config import build_config
 from ..training.distributed import World
 from ..training.logging import log
-from ..training.trainer import StepOutput, Task, Trainer
-from .common import FinetuneConfig, batch_generator, build_finetune_model, encode_batch, seed_layerdrop, spec_augment
+from ..training.trainer import StepOutput, Trainer
+from .common import FinetuneConfig, FinetuneTask, batch_generator, build_finetune_model, encode_batch, spec_augment
 
 
 @dataclass
@@ -50,11 +50,10 @@ class ClassifyConfig(FinetuneConfig):
     max_update: int = 20_000
 
 
-class ClassificationTask(Task):
+class ClassificationTask(FinetuneTask):
     name = "classify"
     best_metric = "accuracy"
     maximize = True
-    may_skip_parameters = True
 
     def __init__(self, cfg: ClassifyConfig, train, valid, init: str):
         super().__init__(cfg, train, valid)
@@ -129,9 +128,6 @@ class ClassificationTask(Task):
             "sample_size": len(items),
             "audio_seconds": float(lengths.sum()) / self.sample_rate,
         }
-
-    def before_update(self, model: Wav2Vec2Model, update: int) -> None:
-        seed_layerdrop(model, self.cfg.seed, update)
 
     def forward(self, model: Wav2Vec2Model, batch: dict, update: int) -> StepOutput:
         cfg: ClassifyConfig = self.cfg

@@ -21,6 +21,7 @@ from ..models.wav2vec2 import EncoderOutput
 from ..pretraining.masking import compute_mask
 from ..training.config import TrainConfig
 from ..training.logging import log
+from ..training.trainer import Task
 
 
 @dataclass
@@ -115,9 +116,14 @@ def encode_batch(model: Wav2Vec2Model, batch: dict, cfg: FinetuneConfig, update:
         )
 
 
-def seed_layerdrop(model: Wav2Vec2Model, seed: int, update: int) -> None:
-    """Which blocks layer drop skips follows (seed, update): the same on every process, and after a resume."""
-    model.encoder.layerdrop_generator = torch.Generator().manual_seed(seed * 1_000_003 + update)
+class FinetuneTask(Task):
+    """What the fine-tuning tasks share: the encoder call and the layer-drop schedule."""
+
+    may_skip_parameters = True  # a frozen encoder, layer drop
+
+    def before_update(self, model: Wav2Vec2Model, update: int) -> None:
+        """Which blocks layer drop skips follows (seed, update): the same on every process, and after a resume."""
+        model.encoder.layerdrop_generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + update)
 
 
 def batch_generator(seed: int, epoch: int, indices: list[int]) -> torch.Generator:

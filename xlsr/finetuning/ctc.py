@@ -33,13 +33,13 @@ from ..text.normalize import TextNormalization, normalize_text
 from ..training.config import build_config
 from ..training.distributed import World
 from ..training.logging import log
-from ..training.trainer import StepOutput, Task, Trainer
+from ..training.trainer import StepOutput, Trainer
 from .common import (
     FinetuneConfig,
+    FinetuneTask,
     batch_generator,
     build_finetune_model,
     encode_batch,
-    seed_layerdrop,
     spec_augment,
 )
 
@@ -80,10 +80,9 @@ def ctc_feasible(ids: list[int], frames: int) -> bool:
     return len(ids) + repeats <= frames
 
 
-class CTCTask(Task):
+class CTCTask(FinetuneTask):
     name = "ctc"
     best_metric = "wer"
-    may_skip_parameters = True
 
     def __init__(self, cfg: CTCConfig, train, valid, init: str, vocab: str | None = None):
         super().__init__(cfg, train, valid)
@@ -197,9 +196,6 @@ class CTCTask(Task):
             "sample_size": len(items) if cfg.sentence_avg else int(target_lens.sum()),
             "audio_seconds": float(lengths.sum()) / self.sample_rate,
         }
-
-    def before_update(self, model: Wav2Vec2Model, update: int) -> None:
-        seed_layerdrop(model, self.cfg.seed, update)
 
     def forward(self, model: Wav2Vec2Model, batch: dict, update: int) -> StepOutput:
         cfg: CTCConfig = self.cfg
