@@ -1,4 +1,4 @@
-"""The CPU recipes, end to end (slow: about 50 minutes on 2 cores; `.ci/slow` runs them).
+"""The CPU recipes, end to end (slow: about 70 minutes on 2 cores; `.ci/slow` runs them).
 
 They check the issues' learning claims on espeak-ng speech: pretraining reaches a contrastive accuracy well
 above chance with a healthy codebook; CTC fine-tuning transcribes held-out phrases with a CER well below 50%;
