@@ -24,6 +24,7 @@ AUDIO_HELP = (
     "audio files (wav, flac, ogg, opus, mp3; m4a/webm/video with PyAV), folders (searched recursively) "
     "or manifests (.tsv with a 'path' column)"
 )
+INPUTS_HELP = f"MODEL: {MODEL_HELP}; left out, the bundled reference model. AUDIO: {AUDIO_HELP}"
 
 
 def _print_failures(results, what: str, skipped: int = 0) -> int:
@@ -321,8 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "length are cut into overlapping windows; files are sorted by length and batched. A file that cannot be "
         "read is reported on one line and every other file is still transcribed; the exit code is 1 if any failed.",
     )
-    p.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO", help=f"MODEL: {MODEL_HELP}; left out, the bundled "
-                   f"reference model. AUDIO: {AUDIO_HELP}")  # fmt: skip
+    p.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO", help=INPUTS_HELP)
     p.add_argument(
         "--format",
         default="txt",
@@ -362,8 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         "averaged over windows of --chunk-seconds, and the top-k labels. Files of any length and number; a file "
         "that cannot be read is reported on one line and the others are still done.",
     )
-    p.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO", help=f"MODEL: {MODEL_HELP}; left out, the bundled "
-                   f"reference model. AUDIO: {AUDIO_HELP}")  # fmt: skip
+    p.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO", help=INPUTS_HELP)
     p.add_argument("--top-k", type=int, default=3, help="labels to report per file (default 3)")
     p.add_argument("--format", default="txt", choices=["txt", "json", "tsv"],
                    help="txt (default: 'label probability' lines; one per file for several), json, tsv")  # fmt: skip

@@ -36,7 +36,8 @@ def utterance_sizes(utterances: list[Utterance], sample_rate: int) -> np.ndarray
         else:
             try:
                 sizes[i] = int(round(audio_duration(u.path) * sample_rate))
-            except XlsrError:
+            except XlsrError as e:
+                log.warning("skipped: %s", e)  # one line per file, naming it and the cause
                 sizes[i] = -1
     return sizes
 
@@ -69,6 +70,16 @@ class AudioDataset(torch.utils.data.Dataset):
         if self.preprocessing.do_normalize:  # over the whole utterance, then cropped (as fairseq)
             audio = normalize(torch.from_numpy(audio)[None], eps=self.preprocessing.normalize_eps)[0].numpy()
         return {"audio": audio, "index": index, "epoch": epoch, "utterance": u, "training": self.training}
+
+
+def dropped_counts(ds: AudioDataset) -> dict[str, int]:
+    """Why utterances of a manifest were left out of a dataset, with counts (for the log)."""
+    return {"shorter than min_sample_size": ds.dropped_short, "unreadable": ds.dropped_unreadable}
+
+
+def evaluation_sampler(sizes: np.ndarray, max_tokens: int, max_sample_size: int, rank: int = 0, world_size: int = 1):
+    """Validation batches: by length, not shuffled, sharded over processes."""
+    return BatchSampler(sizes, max_tokens, max_sample_size, shuffle=False, rank=rank, world_size=world_size)
 
 
 def crop_offset(seed: int, epoch: int, index: int, excess: int) -> int:

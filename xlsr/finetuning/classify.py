@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import load_model, save_hf_dir
-from ..data.dataset import AudioDataset, BatchSampler, crop_and_pad
+from ..data.dataset import AudioDataset, BatchSampler, crop_and_pad, dropped_counts, evaluation_sampler
 from ..data.manifest import read_manifest
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..models import Wav2Vec2Model
 from ..models.feature_encoder import conv_output_lengths
 from ..training.config import build_config
@@ -59,7 +59,7 @@ class ClassificationTask(FinetuneTask):
         super().__init__(cfg, train, valid)
         self.init = init
         self.labels: tuple[str, ...] = ()
-        self.dropped: dict[str, int] = {}
+        self.dropped: dict[str, dict[str, int]] = {}
 
     def build_model(self) -> Wav2Vec2Model:
         cfg: ClassifyConfig = self.cfg
@@ -83,7 +83,8 @@ class ClassificationTask(FinetuneTask):
         ds = AudioDataset(read_manifest(manifest), model.preprocessing, cfg.min_sample_size)
         ds.training = training
         keep = np.array([u.get(cfg.label_column) in self.index for u in ds.utterances], dtype=bool)
-        self.dropped["train" if training else "valid"] = int((~keep).sum())
+        reason = f"no {cfg.label_column}, or one the training manifest does not have"
+        self.dropped["train" if training else "valid"] = {reason: int((~keep).sum()), **dropped_counts(ds)}
         ds.select(keep)
         return ds
 
@@ -97,17 +98,8 @@ class ClassificationTask(FinetuneTask):
         sampler = BatchSampler(train.sizes, cfg.max_tokens, self.crop, cfg.seed, labels,
                                0.0 if cfg.balanced else 1.0, True, world.rank, world.size)  # fmt: skip
         valid = self._dataset(self.valid_manifest, model, False)
-        valid_sampler = BatchSampler(valid.sizes, cfg.max_tokens, cfg.max_sample_size, cfg.seed, shuffle=False,
-                                     rank=world.rank, world_size=world.size)  # fmt: skip
+        valid_sampler = evaluation_sampler(valid.sizes, cfg.max_tokens, cfg.max_sample_size, world.rank, world.size)
         return train, sampler, valid, valid_sampler
-
-    def describe_data(self, train: AudioDataset, valid: AudioDataset) -> None:
-        for name, ds in (("train", train), ("valid", valid)):
-            if self.dropped.get(name):
-                log.warning("%s: %d utterances dropped: a label the training set does not have, or none",
-                            name, self.dropped[name])  # fmt: skip
-            if not len(ds):
-                raise ConfigError(f"the {name} manifest has no usable utterance")
 
     def collate(self, items: list[dict]) -> dict:
         cfg: ClassifyConfig = self.cfg

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import load_model, save_hf_dir
-from ..data.dataset import AudioDataset, BatchSampler
+from ..data.dataset import AudioDataset, BatchSampler, evaluation_sampler
 from ..data.manifest import read_manifest
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..models import Wav2Vec2Model
 from ..models.feature_encoder import conv_output_lengths
 from ..text.ctc_tokenizer import CTCTokenizer
@@ -154,21 +154,11 @@ class CTCTask(FinetuneTask):
         cfg: CTCConfig = self.cfg
         self.model_cfg, self.sample_rate = model.cfg, model.preprocessing.sample_rate
         train = self._dataset(self.train_manifest, model, True)
-        langs = [u.lang for u in train.utterances]
-        sampler = BatchSampler(train.sizes, cfg.max_tokens, cfg.max_sample_size, cfg.seed, langs, 1.0, True,
-                               world.rank, world.size)  # fmt: skip
+        sampler = BatchSampler(train.sizes, cfg.max_tokens, cfg.max_sample_size, cfg.seed, rank=world.rank,
+                               world_size=world.size)  # fmt: skip
         valid = self._dataset(self.valid_manifest, model, False)
-        valid_sampler = BatchSampler(valid.sizes, cfg.max_tokens, cfg.max_sample_size, cfg.seed, shuffle=False,
-                                     rank=world.rank, world_size=world.size)  # fmt: skip
+        valid_sampler = evaluation_sampler(valid.sizes, cfg.max_tokens, cfg.max_sample_size, world.rank, world.size)
         return train, sampler, valid, valid_sampler
-
-    def describe_data(self, train: AudioDataset, valid: AudioDataset) -> None:
-        for name, ds in (("train", train), ("valid", valid)):
-            for reason, n in self.dropped[name].items():
-                if n:
-                    log.warning("%s: %d utterances dropped: %s", name, n, reason)
-            if not len(ds):
-                raise ConfigError(f"the {name} manifest has no usable utterance")
 
     def collate(self, items: list[dict]) -> dict:
         cfg: CTCConfig = self.cfg

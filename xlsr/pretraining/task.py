@@ -11,9 +11,8 @@ import torch
 
 from ..checkpoints import load_model
 from ..config import preset as get_preset
-from ..data.dataset import AudioDataset, BatchSampler, crop_and_pad
+from ..data.dataset import AudioDataset, BatchSampler, crop_and_pad, dropped_counts, evaluation_sampler
 from ..data.manifest import read_manifest
-from ..errors import ConfigError
 from ..models import Wav2Vec2Model
 from ..models.feature_encoder import conv_output_lengths
 from ..training.config import TrainConfig, build_config
@@ -80,6 +79,7 @@ class PretrainTask(Task):
         self.model_cfg, pre = model.cfg, model.preprocessing
         self.sample_rate = pre.sample_rate
         train = AudioDataset(read_manifest(self.train_manifest), pre, cfg.min_sample_size)
+        self.dropped = {"train": dropped_counts(train)}
         sampler = BatchSampler(
             train.sizes,
             cfg.max_tokens,
@@ -94,27 +94,9 @@ class PretrainTask(Task):
         valid = valid_sampler = None
         if self.valid_manifest:
             valid = AudioDataset(read_manifest(self.valid_manifest), pre, cfg.min_sample_size)
-            valid_sampler = BatchSampler(
-                valid.sizes,
-                cfg.max_tokens,
-                cfg.max_sample_size,
-                cfg.seed,
-                shuffle=False,
-                rank=world.rank,
-                world_size=world.size,
-            )
+            self.dropped["valid"] = dropped_counts(valid)
+            valid_sampler = evaluation_sampler(valid.sizes, cfg.max_tokens, cfg.max_sample_size, world.rank, world.size)
         return train, sampler, valid, valid_sampler
-
-    def describe_data(self, train: AudioDataset, valid: AudioDataset | None) -> None:
-        for name, ds in (("train", train), ("valid", valid)):
-            if ds is None:
-                continue
-            if ds.dropped_short:
-                log.info("%s: %d utterances shorter than min_sample_size dropped", name, ds.dropped_short)
-            if ds.dropped_unreadable:
-                log.warning("%s: %d unreadable utterances dropped", name, ds.dropped_unreadable)
-            if not len(ds):
-                raise ConfigError(f"the {name} manifest has no usable utterance")
 
     def collate(self, items: list[dict]) -> dict:
         cfg: PretrainConfig = self.cfg

@@ -86,7 +86,15 @@ class Task:
         """Called on the main process when validation finds a new best model."""
 
     def describe_data(self, train_set, valid_set) -> None:
-        """Logs what was dropped and why."""
+        """Logs what was dropped and why (`self.dropped`: split -> reason -> count); an empty split is an error."""
+        for name, ds in (("train", train_set), ("valid", valid_set)):
+            if ds is None:
+                continue
+            for reason, n in getattr(self, "dropped", {}).get(name, {}).items():
+                if n:
+                    log.warning("%s: %d utterances dropped: %s", name, n, reason)
+            if not len(ds):
+                raise ConfigError(f"the {name} manifest has no usable utterance")
 
 
 class _Step(torch.nn.Module):
