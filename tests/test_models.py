@@ -246,11 +246,14 @@ def test_config_round_trips_and_rejects_unknown_keys():
         preset("xlsr-3b")
 
 
-@pytest.mark.parametrize("kernel, stride, c_in", [(10, 5, 1), (3, 2, 8), (2, 2, 8), (4, 3, 5)])
-def test_channels_last_conv_equals_conv1d_with_gradients(kernel, stride, c_in, monkeypatch):
+@pytest.mark.parametrize("kernel, stride, c_in", [(10, 5, 1), (3, 2, 8), (2, 2, 8), (4, 3, 5), (2, 3, 4), (5, 2, 3)])
+@pytest.mark.parametrize("path", ["tap groups", "im2col"])
+def test_channels_last_conv_equals_conv1d_with_gradients(kernel, stride, c_in, path, monkeypatch):
     from xlsr.models import feature_encoder
     from xlsr.models.feature_encoder import strided_conv
 
+    monkeypatch.setattr(feature_encoder, "NARROW_INPUT", 0 if path == "tap groups" else 10**9)
+    monkeypatch.setattr(feature_encoder, "WEIGHT_GRAD_CHUNK", 7)  # im2col weight gradient: chunks + a remainder
     torch.manual_seed(0)
     x = torch.randn(2, 57, c_in)
     weight, bias = torch.randn(6, c_in, kernel, requires_grad=True), torch.randn(6, requires_grad=True)
@@ -261,7 +264,7 @@ def test_channels_last_conv_equals_conv1d_with_gradients(kernel, stride, c_in, m
         torch.testing.assert_close(strided_conv(x, weight, bias, stride), ref)
         torch.testing.assert_close(strided_conv(x, weight, None, stride), ref - bias)
     g_ref = torch.autograd.grad(ref.pow(2).sum(), (weight, bias))
-    xg = x.clone().requires_grad_(True)  # the per-tap path, used when the input needs a gradient
+    xg = x.clone().requires_grad_(True)
     ours = strided_conv(xg, weight, bias, stride)
     torch.testing.assert_close(ours, ref)
     g_ours = torch.autograd.grad(ours.pow(2).sum(), (weight, bias, xg))
@@ -269,3 +272,17 @@ def test_channels_last_conv_equals_conv1d_with_gradients(kernel, stride, c_in, m
     gx_ref = torch.autograd.grad(torch.nn.functional.conv1d(x_ref, weight, bias, stride=stride).pow(2).sum(), x_ref)[0]
     for a, b in zip(g_ours, (*g_ref, gx_ref.transpose(1, 2))):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    g_w = torch.autograd.grad(strided_conv(x, weight, None, stride).pow(2).sum(), weight)[0]  # no bias, no input grad
+    ref = torch.nn.functional.conv1d(x.transpose(1, 2), weight, None, stride=stride).transpose(1, 2)
+    torch.testing.assert_close(g_w, torch.autograd.grad(ref.pow(2).sum(), weight)[0], atol=1e-4, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: computed in bf16, like F.conv1d
+        ours, ref = (
+            strided_conv(xg, weight, bias, stride),
+            torch.nn.functional.conv1d(xg.mT, weight, bias, stride=stride),
+        )
+        weights_only = strided_conv(x, weight, bias, stride)
+    assert ours.dtype == weights_only.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, ref.mT, atol=0.1, rtol=0.02)
+    torch.testing.assert_close(weights_only, ref.mT, atol=0.1, rtol=0.02)
+    grads = torch.autograd.grad(ours.float().pow(2).sum(), (weight, bias, xg))
+    assert [g.dtype for g in grads] == [torch.float32] * 3

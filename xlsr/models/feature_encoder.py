@@ -13,6 +13,115 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 IM2COL_CHUNK = 1024  # output frames per GEMM in inference: big enough for a fast GEMM, small enough for the cache
+NARROW_INPUT = 64  # training: stride * C_in below this (the waveform layer) takes the im2col path
+WEIGHT_GRAD_CHUNK = 1024  # rows per product in the im2col path's weight gradient
+
+
+def _tap_groups(x: Tensor, weight: Tensor, stride: int, T_out: int):
+    """Splits a channels-last convolution into GEMMs that read the input in place.
+
+    Output frame t reads input frames stride * t ... stride * t + K - 1. Taps stride * g ... stride * g +
+    stride - 1 (group g) read stride consecutive frames, i.e. stride * C consecutive numbers of a contiguous
+    (T, C) tensor, starting stride * C numbers further for each next output frame: a (T', stride * C) matrix
+    whose row stride is its width, which BLAS reads where it lies. ceil(K / stride) GEMMs of stride * C
+    inputs each do exactly the convolution's arithmetic, with no im2col copy in the forward and no
+    overlapping scatter in the backward (the windows of one group never overlap).
+
+    Yields (group index, its (stride * C, C_out) weight, a function utterance b -> its (T', stride * C) view
+    of a (B, T, C) tensor shaped like x).
+    """
+    B, T, C = x.shape
+    k = weight.shape[-1]
+    taps = weight.permute(2, 1, 0)  # (K, C_in, C_out)
+    for g, j in enumerate(range(0, k, stride)):
+        width = min(stride, k - j) * C
+        w = taps[j : j + stride].reshape(width, -1)
+
+        def view(t: Tensor, b: int, j: int = j, width: int = width) -> Tensor:
+            return t.as_strided((T_out, width), (stride * C, 1), t.storage_offset() + b * t.stride(0) + j * C)
+
+        yield g, w, view
+
+
+class _ChannelsLastConv(torch.autograd.Function):
+    """x (B, T, C_in) contiguous -> (B, T', C_out), by `_tap_groups`: the training path of `strided_conv`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+        B, T, C = x.shape
+        T_out = (T - weight.shape[-1]) // stride + 1
+        y = x.new_empty(B, T_out, weight.shape[0])
+        for g, w, view in _tap_groups(x, weight, stride, T_out):
+            for b in range(B):
+                if g > 0:
+                    y[b].addmm_(view(x, b), w)
+                elif bias is not None:
+                    torch.addmm(bias, view(x, b), w, out=y[b])
+                else:
+                    torch.mm(view(x, b), w, out=y[b])
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.has_bias = stride, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        stride, k = ctx.stride, weight.shape[-1]
+        grad = grad.contiguous()
+        B, T_out, _ = grad.shape
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            # group 0 covers frames 0 ... stride * T' - 1 once each: written, not added; the rest is zeroed
+            grad_x = torch.empty_like(x)
+            grad_x[:, stride * T_out :].zero_()
+            if k < stride:
+                grad_x.zero_()
+        parts = []
+        for g, w, view in _tap_groups(x, weight, stride, T_out):
+            if ctx.needs_input_grad[1]:
+                part = w.new_zeros(w.shape)
+                for b in range(B):
+                    part.addmm_(view(x, b).t(), grad[b])
+                parts.append(part)
+            if grad_x is not None:
+                for b in range(B):
+                    out = view(grad_x, b)
+                    if g == 0 and k >= stride:
+                        torch.mm(grad[b], w.t(), out=out)
+                    else:
+                        out.addmm_(grad[b], w.t())
+        if parts:  # (K * C_in, C_out), rows tap by tap -> (C_out, C_in, K)
+            grad_w = torch.cat(parts).view(k, x.shape[2], -1).permute(2, 1, 0)
+        grad_b = grad.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None
+
+
+class _Im2colConv(torch.autograd.Function):
+    """A narrow input that needs no gradient (the waveform) -> (B, T', C_out): one GEMM over an im2col
+    copy of K * C_in numbers per output frame (small when C_in is), whose weight gradient sums chunk
+    products: MKL takes ~15x longer for the one (K * C_in, B * T') x (B * T', C_out) product."""
+
+    @staticmethod
+    def forward(ctx, cols: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        B, T_out, width = cols.shape
+        cols = cols.reshape(B * T_out, width)
+        w = weight.permute(2, 1, 0).reshape(width, -1)
+        y = cols @ w if bias is None else torch.addmm(bias, cols, w)
+        ctx.save_for_backward(cols)
+        ctx.weight_shape, ctx.has_bias = weight.shape, bias is not None
+        return y.view(B, T_out, -1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (cols,) = ctx.saved_tensors
+        grad = grad.reshape(cols.shape[0], -1)
+        n = cols.shape[0] // WEIGHT_GRAD_CHUNK * WEIGHT_GRAD_CHUNK
+        chunks = cols[:n].view(-1, WEIGHT_GRAD_CHUNK, cols.shape[1]).transpose(1, 2)
+        grad_w = torch.bmm(chunks, grad[:n].view(-1, WEIGHT_GRAD_CHUNK, grad.shape[1])).sum(0)
+        grad_w = grad_w.addmm_(cols[n:].t(), grad[n:])  # (K * C_in, C_out), rows in the order of a window
+        C_out, C_in, k = ctx.weight_shape
+        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return None, grad_w.view(k, C_in, C_out).permute(2, 1, 0), grad_b
 
 
 def strided_conv(
@@ -21,10 +130,11 @@ def strided_conv(
     """A 1-D convolution (no padding) computed channels-last: x (B, T, C_in) -> (B, T', C_out).
 
     `weight` keeps nn.Conv1d's (C_out, C_in, K) layout. Channels-last lets a layer norm over channels run
-    on contiguous memory with no transposed copies: for the XLS-R encoder on CPU this takes 0.66x the time of
-    `F.conv1d` plus transposes in inference and 0.86x forward + backward (benchmarks/feature_encoder.py).
-    When x needs no gradient, one GEMM runs over an im2col view; when it does, one strided GEMM per kernel
-    tap, since the backward of overlapping im2col windows is slow.
+    on contiguous memory with no transposed copies, and lets the convolution run as GEMMs straight over
+    the input (`_tap_groups`): for the XLS-R encoder on CPU this takes about 0.6x the time of `F.conv1d`
+    plus transposes (benchmarks/feature_encoder.py), in inference and in training.
+    Layers with few input channels that need no input gradient (the first, on the waveform) use an im2col
+    copy instead: it is small, and one GEMM over K * C inputs beats ceil(K / stride) narrow ones.
 
     `epilogue` (norm, activation) is applied to the output; without gradients it runs chunk by chunk in
     place, while the chunk is in cache, so no second copy of the (largest) output is ever made.
@@ -34,22 +144,26 @@ def strided_conv(
     T_out = (T - k) // stride + 1
     if T_out < 1:
         raise ValueError(f"input of {T} steps is shorter than the kernel ({k})")
-    if x.requires_grad:
-        end = (T_out - 1) * stride + 1
-        y = x[:, 0:end:stride] @ weight[:, :, 0].t()
-        for j in range(1, k):
-            y = y + x[:, j : j + end : stride] @ weight[:, :, j].t()
-        y = y if bias is None else y + bias
-        return y if epilogue is None else epilogue(y)
-    # im2col in time chunks written straight into the output: the (T', K * C) copy never exists whole.
-    # A window of K frames is K * C consecutive numbers of a contiguous (B, T, C) tensor.
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    device = x.device.type
+    if torch.is_autocast_enabled(device):  # as autocast treats F.conv1d; the casts are differentiable
+        dtype = torch.get_autocast_dtype(device)
+        x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
     x = x.contiguous()
+    # im2col: a window of K frames is K * C consecutive numbers of a contiguous (B, T, C) tensor.
     cols = x.as_strided((B, T_out, k * C), (x.stride(0), stride * x.stride(1), x.stride(2)))
-    w = weight.permute(2, 1, 0).reshape(k * C, -1)  # (K * C_in, C_out), rows in the order of a window
-    if torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)):
-        y = cols @ w  # training the first layer: the weights need a gradient, the waveform does not
-        y = y if bias is None else y + bias
+    if needs_grad:
+        with torch.autocast(device, enabled=False):
+            if x.requires_grad or stride * C >= NARROW_INPUT:
+                y = _ChannelsLastConv.apply(x, weight, bias, stride)
+            else:
+                y = _Im2colConv.apply(cols, weight, bias)
         return y if epilogue is None else epilogue(y)
+    w = weight.permute(2, 1, 0).reshape(k * C, -1)  # (K * C_in, C_out), rows in the order of a window
+    # Inference: im2col in time chunks written straight into the output, so the (T', K * C) copy never
+    # exists whole.
     y = x.new_empty(B, T_out, w.shape[1])
     b = torch.zeros(w.shape[1], dtype=x.dtype, device=x.device) if bias is None else bias
     for i in range(B):
