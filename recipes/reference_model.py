@@ -41,10 +41,10 @@ PER_LANG = 300
 PRETRAIN = ["max_update=2000", "lr=1.5e-3", "warmup_updates=200", "max_tokens=400000", "max_sample_size=80000",
             "min_sample_size=16000", "num_negatives=50", "latent_temp=[2.0,0.5,0.998]", "log_interval=50",
             "validate_interval_updates=500", "save_interval_updates=500", "num_workers=1"]  # fmt: skip
-CTC = ["max_update=3000", "lr=2e-3", "freeze_finetune_updates=100", "max_tokens=320000", "mask_prob=0.3",
+CTC = ["max_update=4000", "lr=2e-3", "freeze_finetune_updates=100", "max_tokens=320000", "mask_prob=0.3",
        "mask_channel_prob=0.1", "mask_channel_length=16", "layerdrop=0.05", "log_interval=100",
        "validate_interval_updates=500", "save_interval_updates=500", "num_workers=1"]  # fmt: skip
-LID = ["max_update=1200", "lr=1.5e-3", "warmup_updates=100", "max_tokens=320000", "crop_seconds=3.0",
+LID = ["max_update=2000", "lr=1.5e-3", "warmup_updates=100", "max_tokens=320000", "crop_seconds=3.0",
        "log_interval=50", "validate_interval_updates=200", "save_interval_updates=200", "num_workers=1"]  # fmt: skip
 
 
