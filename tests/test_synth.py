@@ -27,6 +27,18 @@ def test_every_language_has_phrases_and_the_splits_never_share_one():
     assert plan(langs, 40, seed=0) == clips and plan(langs, 40, seed=1) != clips
 
 
+def test_a_language_keeps_its_held_out_phrases_whatever_the_corpus_size():
+    """recipes/ctc_pretrained_vs_random.py makes a bigger one-language corpus: its test phrases must be the
+    reference corpus's, which pretraining never heard."""
+
+    def phrases(clips, split):
+        return {c.text for c in clips if c.lang == "fr" and c.split == split}
+
+    small, big = plan(["de", "fr", "sw"], 300, seed=0), plan(["fr"], 1000, seed=0)
+    assert phrases(small, "test") == phrases(big, "test") and phrases(small, "train") == phrases(big, "train")
+    assert not phrases(big, "test") & phrases(small, "train")
+
+
 def test_a_clear_error_when_espeak_is_missing(monkeypatch, tmp_path):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(XlsrError, match="Debian/Ubuntu package espeak-ng"):
