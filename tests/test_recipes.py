@@ -1,4 +1,4 @@
-"""The CPU recipes, end to end (slow: about 70 minutes on 2 cores; `.ci/slow` runs them).
+"""The CPU recipes, end to end (slow: about 80 minutes on 2 cores; `.ci/slow` runs them).
 
 They check the issues' learning claims on espeak-ng speech: pretraining reaches a contrastive accuracy well
 above chance with a healthy codebook; CTC fine-tuning transcribes held-out phrases with a CER well below 50%;
@@ -60,4 +60,4 @@ def test_a_pretrained_start_beats_a_random_one(reference):
                          capture_output=True, text=True, timeout=45 * 60)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     cer = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(pretrained|random)\s+([\d.]+)", run.stdout, re.M)}
-    assert cer["pretrained"] < 50 and cer["pretrained"] < cer["random"] - 10, run.stdout
+    assert cer["pretrained"] < 42 and cer["pretrained"] < cer["random"] - 10, run.stdout  # "well below 50%"
