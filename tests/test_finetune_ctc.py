@@ -16,7 +16,7 @@ from conftest import speechlike
 
 from xlsr.checkpoints import init, load_model
 from xlsr.checkpoints.io import safe_torch_load
-from xlsr.errors import DataError
+from xlsr.errors import ConfigError, DataError
 from xlsr.finetuning.ctc import CTCConfig, CTCTask, build_vocab, ctc_feasible, finetune_ctc
 from xlsr.text.normalize import normalize_text
 from xlsr.training.config import build_config
@@ -172,6 +172,14 @@ def test_blank_only_output_gets_a_warning_that_names_the_usual_causes(caplog):
         assert "only blanks" not in caplog.text
         task.check({"nonblank_share": 0.0}, 220)
     assert "only blanks for 100 updates (since update 120)" in caplog.text and "learning rate" in caplog.text
+
+
+def test_the_best_checkpoint_metric_is_chosen_by_config():
+    assert CTCTask(build_config(CTCConfig, None, []), "t.tsv", "v.tsv", "init").best_metric == "wer"  # fairseq
+    cfg = build_config(CTCConfig, None, ["best_checkpoint_metric=cer"])
+    assert CTCTask(cfg, "t.tsv", "v.tsv", "init").best_metric == "cer"
+    with pytest.raises(ConfigError, match="best_checkpoint_metric must be wer, cer or loss, not 'bleu'"):
+        CTCTask(build_config(CTCConfig, None, ["best_checkpoint_metric=bleu"]), "t.tsv", "v.tsv", "init")
 
 
 def test_two_processes_fine_tune_the_same_model_as_one(corpus, tmp_path):

@@ -3,8 +3,9 @@
 A new linear CTC head over a character vocabulary built from the training transcripts (after
 `TextNormalization`), blank = padding token (as transformers), `zero_infinity`, the pretrained network
 frozen for `freeze_finetune_updates`, SpecAugment-style time and channel masking, layer drop, tri-stage
-learning rate. Validation: greedy decoding, WER and CER (jiwer's definitions), best model by WER,
-exported as a Hugging Face directory `OUT/best/` that `xlsr transcribe` and transformers' ASR pipeline load.
+learning rate. Validation: greedy decoding, WER and CER (jiwer's definitions), best model by WER (or as
+`best_checkpoint_metric` says), exported as a Hugging Face directory `OUT/best/` that `xlsr transcribe` and
+transformers' ASR pipeline load.
 
 Loss reduction: fairseq's `sentence_avg: true` (the XLS-R fine-tuning configs): the summed CTC loss of an
 update is divided by its number of utterances; `sentence_avg=false` divides by target tokens instead.
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from ..checkpoints import load_model, save_hf_dir
 from ..data.dataset import AudioDataset, BatchSampler, evaluation_sampler
 from ..data.manifest import read_manifest
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models import Wav2Vec2Model
 from ..models.feature_encoder import conv_output_lengths
 from ..text.ctc_tokenizer import CTCTokenizer
@@ -53,6 +54,7 @@ class CTCConfig(FinetuneConfig):
     lowercase: bool = True  # text normalisation before the vocabulary is built and WER is scored
     remove_punctuation: bool = True
     blank_warning_updates: int = 2000  # warn when the output has been blanks only for this many updates
+    best_checkpoint_metric: str = "wer"  # fairseq's name: wer | cer | loss (validation) picks DIR/best
 
     def normalization(self) -> TextNormalization:
         return TextNormalization(lowercase=self.lowercase, remove_punctuation=self.remove_punctuation)
@@ -86,6 +88,9 @@ class CTCTask(FinetuneTask):
 
     def __init__(self, cfg: CTCConfig, train, valid, init: str, vocab: str | None = None):
         super().__init__(cfg, train, valid)
+        if cfg.best_checkpoint_metric not in ("wer", "cer", "loss"):
+            raise ConfigError(f"best_checkpoint_metric must be wer, cer or loss, not {cfg.best_checkpoint_metric!r}")
+        self.best_metric = cfg.best_checkpoint_metric
         self.init, self.vocab_path = init, vocab
         self.norm = cfg.normalization()
         self.tokenizer: CTCTokenizer | None = None
