@@ -17,6 +17,17 @@ NARROW_INPUT = 64  # training: stride * C_in below this (the waveform layer) tak
 WEIGHT_GRAD_CHUNK = 1024  # rows per product in the im2col path's weight gradient
 
 
+def _window_matrix(weight: Tensor) -> Tensor:
+    """nn.Conv1d's (C_out, C_in, K) weight -> (K * C_in, C_out), rows in the order of a channels-last window."""
+    return weight.permute(2, 1, 0).reshape(-1, weight.shape[0])
+
+
+def _conv_weight(matrix: Tensor, shape: torch.Size) -> Tensor:
+    """The inverse of `_window_matrix`: (K * C_in, C_out) -> a (C_out, C_in, K) view."""
+    C_out, C_in, k = shape
+    return matrix.view(k, C_in, C_out).permute(2, 1, 0)
+
+
 def _tap_groups(x: Tensor, weight: Tensor, stride: int, T_out: int):
     """Splits a channels-last convolution into GEMMs that read the input in place.
 
@@ -32,10 +43,10 @@ def _tap_groups(x: Tensor, weight: Tensor, stride: int, T_out: int):
     """
     B, T, C = x.shape
     k = weight.shape[-1]
-    taps = weight.permute(2, 1, 0)  # (K, C_in, C_out)
+    taps = _window_matrix(weight)  # (K * C_in, C_out)
     for g, j in enumerate(range(0, k, stride)):
         width = min(stride, k - j) * C
-        w = taps[j : j + stride].reshape(width, -1)
+        w = taps[j * C : j * C + width]
 
         def view(t: Tensor, b: int, j: int = j, width: int = width) -> Tensor:
             return t.as_strided((T_out, width), (stride * C, 1), t.storage_offset() + b * t.stride(0) + j * C)
@@ -70,12 +81,12 @@ class _ChannelsLastConv(torch.autograd.Function):
         grad = grad.contiguous()
         B, T_out, _ = grad.shape
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and k < stride:
+            grad_x = torch.zeros_like(x)  # frames between the windows get no gradient
+        elif ctx.needs_input_grad[0]:
             # group 0 covers frames 0 ... stride * T' - 1 once each: written, not added; the rest is zeroed
             grad_x = torch.empty_like(x)
             grad_x[:, stride * T_out :].zero_()
-            if k < stride:
-                grad_x.zero_()
         parts = []
         for g, w, view in _tap_groups(x, weight, stride, T_out):
             if ctx.needs_input_grad[1]:
@@ -90,8 +101,8 @@ class _ChannelsLastConv(torch.autograd.Function):
                         torch.mm(grad[b], w.t(), out=out)
                     else:
                         out.addmm_(grad[b], w.t())
-        if parts:  # (K * C_in, C_out), rows tap by tap -> (C_out, C_in, K)
-            grad_w = torch.cat(parts).view(k, x.shape[2], -1).permute(2, 1, 0)
+        if parts:
+            grad_w = _conv_weight(torch.cat(parts), weight.shape)
         grad_b = grad.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
 
@@ -105,7 +116,7 @@ class _Im2colConv(torch.autograd.Function):
     def forward(ctx, cols: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         B, T_out, width = cols.shape
         cols = cols.reshape(B * T_out, width)
-        w = weight.permute(2, 1, 0).reshape(width, -1)
+        w = _window_matrix(weight)
         y = cols @ w if bias is None else torch.addmm(bias, cols, w)
         ctx.save_for_backward(cols)
         ctx.weight_shape, ctx.has_bias = weight.shape, bias is not None
@@ -118,10 +129,9 @@ class _Im2colConv(torch.autograd.Function):
         n = cols.shape[0] // WEIGHT_GRAD_CHUNK * WEIGHT_GRAD_CHUNK
         chunks = cols[:n].view(-1, WEIGHT_GRAD_CHUNK, cols.shape[1]).transpose(1, 2)
         grad_w = torch.bmm(chunks, grad[:n].view(-1, WEIGHT_GRAD_CHUNK, grad.shape[1])).sum(0)
-        grad_w = grad_w.addmm_(cols[n:].t(), grad[n:])  # (K * C_in, C_out), rows in the order of a window
-        C_out, C_in, k = ctx.weight_shape
+        grad_w = grad_w.addmm_(cols[n:].t(), grad[n:])
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return None, grad_w.view(k, C_in, C_out).permute(2, 1, 0), grad_b
+        return None, _conv_weight(grad_w, ctx.weight_shape), grad_b
 
 
 def strided_conv(
@@ -161,7 +171,7 @@ def strided_conv(
             else:
                 y = _Im2colConv.apply(cols, weight, bias)
         return y if epilogue is None else epilogue(y)
-    w = weight.permute(2, 1, 0).reshape(k * C, -1)  # (K * C_in, C_out), rows in the order of a window
+    w = _window_matrix(weight)
     # Inference: im2col in time chunks written straight into the output, so the (T', K * C) copy never
     # exists whole.
     y = x.new_empty(B, T_out, w.shape[1])
