@@ -64,6 +64,11 @@ def test_config_from_yaml_set_and_layout_defaults(corpus, tmp_path):
         build_config(PretrainConfig, None, ["model.dropuot=0.1"])
     with pytest.raises(ConfigError, match="lr must be a float"):
         build_config(PretrainConfig, None, ["lr=fast"])
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, fp16, got 'fp8'"):
+        build_config(PretrainConfig, None, ["precision=fp8"])  # a closed set, checked before anything runs
+    (tmp_path / "bad.yaml").write_text("lr_scheduler: cosine\n")
+    with pytest.raises(ConfigError, match="lr_scheduler must be one of polynomial_decay, tri_stage, fixed"):
+        build_config(PretrainConfig, tmp_path / "bad.yaml")
     pretrain(corpus / "train.tsv", tmp_path / "run", preset="tiny-base", set=[*TINY, "max_update=1"], quiet=True)
     resolved = (tmp_path / "run" / "config.yaml").read_text()
     for line in ("latent_temp:\n- 2.0\n- 0.5\n- 0.999995", "loss_weights:\n- 0.1\n- 10.0", "feature_grad_mult: 0.1"):

@@ -27,7 +27,7 @@ from ..data.manifest import read_manifest
 from ..errors import DataError
 from ..models import Wav2Vec2Model
 from ..models.feature_encoder import conv_output_lengths
-from ..training.config import build_config
+from ..training.config import Scheduler, build_config
 from ..training.distributed import World
 from ..training.logging import log
 from ..training.trainer import StepOutput, Trainer
@@ -42,7 +42,7 @@ class ClassifyConfig(FinetuneConfig):
     weighted_layer_sum: bool = False
     classifier_proj_size: int = 256
     lr: float = 1e-4
-    lr_scheduler: str = "polynomial_decay"
+    lr_scheduler: Scheduler = "polynomial_decay"
     warmup_updates: int = 2000
     freeze_finetune_updates: int = 0
     mask_prob: float = 0.05

@@ -19,7 +19,7 @@ from ..config import ModelConfig
 from ..models import Wav2Vec2Model
 from ..models.wav2vec2 import EncoderOutput
 from ..pretraining.masking import compute_mask
-from ..training.config import TrainConfig
+from ..training.config import Scheduler, TrainConfig
 from ..training.logging import log
 from ..training.trainer import Task
 
@@ -29,7 +29,7 @@ class FinetuneConfig(TrainConfig):
     # fairseq examples/wav2vec/xlsr/config/finetune.yaml (XLS-R fine-tuning)
     max_update: int = 20_000
     lr: float = 3e-5
-    lr_scheduler: str = "tri_stage"
+    lr_scheduler: Scheduler = "tri_stage"
     max_tokens: int = 1_280_000
     max_sample_size: int = 480_000  # 30 s: longer utterances are dropped (a crop would cut their label)
     min_sample_size: int = 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jiwer
 import numpy as np
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..checkpoints import load_model, save_hf_dir
 from ..data.dataset import AudioDataset, BatchSampler, evaluation_sampler
 from ..data.manifest import read_manifest
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..models import Wav2Vec2Model
 from ..models.feature_encoder import conv_output_lengths
 from ..text.ctc_tokenizer import CTCTokenizer
@@ -54,7 +54,7 @@ class CTCConfig(FinetuneConfig):
     lowercase: bool = True  # text normalisation before the vocabulary is built and WER is scored
     remove_punctuation: bool = True
     blank_warning_updates: int = 2000  # warn when the output has been blanks only for this many updates
-    best_checkpoint_metric: str = "wer"  # fairseq's name: wer | cer | loss (validation) picks DIR/best
+    best_checkpoint_metric: Literal["wer", "cer", "loss"] = "wer"  # fairseq's name: the figure that picks DIR/best
 
     def normalization(self) -> TextNormalization:
         return TextNormalization(lowercase=self.lowercase, remove_punctuation=self.remove_punctuation)
@@ -84,12 +84,9 @@ def ctc_feasible(ids: list[int], frames: int) -> bool:
 
 class CTCTask(FinetuneTask):
     name = "ctc"
-    best_metric = "wer"
 
     def __init__(self, cfg: CTCConfig, train, valid, init: str, vocab: str | None = None):
         super().__init__(cfg, train, valid)
-        if cfg.best_checkpoint_metric not in ("wer", "cer", "loss"):
-            raise ConfigError(f"best_checkpoint_metric must be wer, cer or loss, not {cfg.best_checkpoint_metric!r}")
         self.best_metric = cfg.best_checkpoint_metric
         self.init, self.vocab_path = init, vocab
         self.norm = cfg.normalization()

@@ -12,11 +12,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from ..errors import ConfigError
+
+Scheduler = Literal["polynomial_decay", "tri_stage", "fixed"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on a GPU that has it, else fp32
 
 
 @dataclass
@@ -30,7 +33,7 @@ class TrainConfig:
     # optimisation (fairseq optimization / optimizer / lr_scheduler options)
     max_update: int = 400_000
     lr: float = 5e-4
-    lr_scheduler: str = "polynomial_decay"  # polynomial_decay | tri_stage | fixed
+    lr_scheduler: Scheduler = "polynomial_decay"
     warmup_updates: int = 32_000  # polynomial_decay
     end_learning_rate: float = 0.0  # polynomial_decay
     power: float = 1.0  # polynomial_decay: 1 = linear decay
@@ -42,7 +45,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-6
-    precision: str = "auto"  # fp32 | bf16 | fp16 (loss scaling) | auto: bf16 on a GPU that has it, else fp32
+    precision: Precision = "auto"  # fp16 with loss scaling
     checkpoint_activations: bool = False
     fsdp: bool = False  # shard the model with torch's fully_shard (1B and 2B models on several GPUs)
     # bookkeeping
@@ -58,6 +61,11 @@ class TrainConfig:
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:  # a closed set of choices
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], key)
