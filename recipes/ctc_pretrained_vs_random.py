@@ -23,7 +23,6 @@ import reference_model as ref  # noqa: E402
 from xlsr.checkpoints import init  # noqa: E402
 from xlsr.evaluate import evaluate  # noqa: E402
 from xlsr.finetuning.ctc import finetune_ctc  # noqa: E402
-from xlsr.pretraining.task import pretrain  # noqa: E402
 from xlsr.synth import synth  # noqa: E402
 
 
@@ -35,16 +34,12 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=3000)
     args = p.parse_args()
     work = Path(args.work)
-    corpus = work / "corpus"
-    ref.stage("synth", corpus / "test.tsv", lambda: synth(corpus, ref.LANGS, per_lang=ref.PER_LANG, seed=0))
-    ref.stage("pretrain", work / "pretrain" / "done", lambda: (
-        pretrain(corpus / "train.tsv", work / "pretrain", corpus / "valid.tsv", preset="small", set=ref.PRETRAIN),
-        (work / "pretrain" / "done").touch()))  # fmt: skip
+    encoder = ref.pretrained_encoder(work)
     out = work / f"compare_{args.lang}_{args.clips}"
     ref.stage(f"synth {args.lang}", out / "corpus" / "test.tsv",
               lambda: synth(out / "corpus", [args.lang], per_lang=args.clips, seed=0))  # fmt: skip
     starts = {
-        "pretrained": str(work / "pretrain" / "checkpoints" / "checkpoint_last.pt"),
+        "pretrained": encoder,
         "random": str(out / "random_init"),
     }
     if not (out / "random_init" / "config.json").exists():

@@ -58,6 +58,16 @@ def stage(name: str, done: Path, run) -> None:
     print(f"== {name}: {(time.perf_counter() - t) / 60:.1f} min", flush=True)
 
 
+def pretrained_encoder(work: Path) -> str:
+    """The synth and pretraining stages (skipped when done): the self-supervised checkpoint's path."""
+    corpus = work / "corpus"
+    stage("synth", corpus / "test.tsv", lambda: synth(corpus, LANGS, per_lang=PER_LANG, seed=0))
+    stage("pretrain", work / "pretrain" / "done", lambda: (
+        pretrain(corpus / "train.tsv", work / "pretrain", corpus / "valid.tsv", preset="small", set=PRETRAIN),
+        (work / "pretrain" / "done").touch()))  # fmt: skip
+    return str(work / "pretrain" / "checkpoints" / "checkpoint_last.pt")
+
+
 def half(src: Path, dst: Path) -> None:
     """The model stored in float16 (it is computed in float32 when loaded)."""
     model = load_model(src)
@@ -72,11 +82,7 @@ def main() -> None:
     work = Path(args.work)
     corpus = work / "corpus"
     started = time.perf_counter()
-    stage("synth", corpus / "test.tsv", lambda: synth(corpus, LANGS, per_lang=PER_LANG, seed=0))
-    stage("pretrain", work / "pretrain" / "done", lambda: (
-        pretrain(corpus / "train.tsv", work / "pretrain", corpus / "valid.tsv", preset="small", set=PRETRAIN),
-        (work / "pretrain" / "done").touch()))  # fmt: skip
-    encoder = str(work / "pretrain" / "checkpoints" / "checkpoint_last.pt")
+    encoder = pretrained_encoder(work)
     stage("ctc", work / "ctc" / "done", lambda: (
         finetune_ctc(encoder, corpus / "train.tsv", corpus / "valid.tsv", work / "ctc", set=CTC),
         (work / "ctc" / "done").touch()))  # fmt: skip
