@@ -92,6 +92,7 @@ def test_streaming_concatenates_to_the_whole_file_and_resamples_like_soxr(tmp_pa
         (lambda p: p.write_bytes(b""), "empty"),
         (lambda p: p.write_text("this is a text file, not audio\n" * 20), "not a readable audio file"),
         (lambda p: sf.write(p, np.zeros(0, np.float32), 16000), "no audio samples"),
+        (lambda p: p.write_bytes(np.random.default_rng(0).bytes(50_000)), "not a readable audio file"),
         (lambda p: sf.write(p, np.array([0.1, np.nan, 0.2] * 100, np.float32), 16000, subtype="FLOAT"), "NaN"),
         (lambda p: p.mkdir(), "is a directory"),
     ],
@@ -102,6 +103,13 @@ def test_bad_files_raise_one_line_errors_naming_the_file(tmp_path, make, cause):
     with pytest.raises(AudioError, match=cause) as e:
         load_audio(path)
     assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+
+
+def test_random_bytes_that_ffmpeg_opens_but_cannot_decode_are_named_as_such(tmp_path):
+    path = tmp_path / "noise.flac"  # FFmpeg guesses a format for these bytes, then decodes no frame
+    path.write_bytes(np.random.default_rng(0).bytes(50_000))
+    with pytest.raises(AudioError, match="no audio frame could be decoded: not an audio file, or corrupt"):
+        load_audio(path)
 
 
 def test_truncated_file_is_an_error_or_its_readable_part(tmp_path):

@@ -15,6 +15,7 @@ from xlsr.checkpoints import init, load_model, save_hf_dir
 from xlsr.classify import crop_probabilities, crop_starts, evaluate_classifier, identify, score
 from xlsr.cli import main
 from xlsr.config import preset
+from xlsr.errors import ConfigError
 from xlsr.finetuning.classify import finetune_classify
 from xlsr.models import Wav2Vec2Model
 
@@ -96,6 +97,10 @@ def test_identify_cli_formats_and_exit_code(classifier, tmp_path, capsys):
     assert main(["identify", str(classifier), str(tmp_path / "a.wav"), str(tmp_path / "missing.wav"), "--quiet"]) == 1
     captured = capsys.readouterr()
     assert captured.out.startswith(str(tmp_path / "a.wav") + "\t") and "missing.wav" in captured.err
+    assert main(["identify", str(classifier), str(tmp_path / "a.wav"), "--top-k", "0"]) != 0
+    assert capsys.readouterr().err.strip() == "xlsr: error: --top-k must be at least 1, got 0"
+    with pytest.raises(ConfigError, match="--crops must be at least 1, got 0"):
+        evaluate_classifier(classifier, tmp_path / "m.tsv", crops=0)
 
 
 def test_scores_per_class_and_duration_bucket_with_a_confusion_matrix():

@@ -78,9 +78,11 @@ def _av_blocks(path: Path, sample_rate: int) -> Iterator[np.ndarray]:
     import av
 
     container = _open_av(path)
+    decoded = False
     try:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         for frame in container.decode(audio=0):
+            decoded = True
             for out in resampler.resample(frame):
                 yield out.to_ndarray().reshape(-1)
         for out in resampler.resample(None):
@@ -89,6 +91,8 @@ def _av_blocks(path: Path, sample_rate: int) -> Iterator[np.ndarray]:
         raise AudioError(path, f"corrupt audio ({e})") from None
     finally:
         container.close()
+    if not decoded:  # FFmpeg guessed a format from the bytes, but no frame of it decodes
+        raise AudioError(path, "no audio frame could be decoded: not an audio file, or corrupt")
 
 
 def _sf_blocks(f: sf.SoundFile, path: Path, sample_rate: int, block_seconds: float) -> Iterator[np.ndarray]:

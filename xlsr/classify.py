@@ -101,6 +101,8 @@ def identify(
     A file that cannot be read gets `error` set and every other file is still done."""
     if format not in FORMATS:
         raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     set_threads(threads)
     net = classification_model(model, device, dtype)
     labels = net.cfg.labels
@@ -126,7 +128,7 @@ def identify(
             results[i] = Identification(str(items[i].path), model=net.source, error=done.error)
             continue
         probs = done.outputs.mean(axis=0)
-        best = np.argsort(-probs)[: max(top_k, 1)]
+        best = np.argsort(-probs)[:top_k]
         r = Identification(str(items[i].path), [(labels[k], float(probs[k])) for k in best], done.seconds, net.source)
         results[i] = r
         if out_dir:
@@ -287,6 +289,8 @@ def evaluate_classifier(
     """Classifies every utterance of `manifest` and scores it against its `label_column`."""
     if ignored.get("lm") or ignored.get("hotwords"):
         raise ConfigError("--lm and --hotwords apply to CTC models, not to classification")
+    if crops is not None and crops < 1:
+        raise ConfigError(f"--crops must be at least 1, got {crops}")
     set_threads(threads)
     net = classification_model(model, device, dtype)
     utterances = read_manifest(manifest)
