@@ -14,7 +14,10 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "fairseq_xlsr"
+# Genuine fairseq checkpoints and fairseq's own outputs, copied into the repository from ../shared/fixtures
+# (each folder's README says how fairseq wrote them), so that a fresh clone runs every test.
+FIXTURES_ROOT = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = FIXTURES_ROOT / "fairseq_xlsr"
 
 # The two layouts, as transformers names them.
 LAYOUTS = {
@@ -79,10 +82,26 @@ def speechlike(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.nd
     return (0.3 * x / np.abs(x).max()).astype(np.float32)
 
 
+def _fixture_set(name: str) -> Path:
+    path = FIXTURES_ROOT / name
+    if not (path / "README.md").exists():
+        pytest.fail(f"fairseq fixtures missing from the checkout: {path}")
+    return path
+
+
 @pytest.fixture
 def fixtures_dir() -> Path:
-    if not FIXTURES.exists():
-        if os.environ.get("CI"):  # in CI the fixtures are part of the checkout's surroundings: never skip there
-            pytest.fail(f"fairseq fixtures not found at {FIXTURES}")
-        pytest.skip(f"fairseq fixtures not found at {FIXTURES}")
-    return FIXTURES
+    """fairseq_xlsr: pretraining and CTC checkpoints."""
+    return _fixture_set("fairseq_xlsr")
+
+
+@pytest.fixture
+def st_fixtures() -> Path:
+    """fairseq_st: an xm_transformer speech-translation checkpoint."""
+    return _fixture_set("fairseq_st")
+
+
+@pytest.fixture
+def lid_fixtures() -> Path:
+    """fairseq_lid: wav2vec_classification language-ID checkpoints."""
+    return _fixture_set("fairseq_lid")

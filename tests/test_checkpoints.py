@@ -1,5 +1,5 @@
 """Checkpoint interop: Hugging Face directories both ways (reference: transformers 5.23), genuine
-fairseq 0.12 checkpoints with fairseq's own outputs (../shared/fixtures/fairseq_xlsr), safety."""
+fairseq 0.12 checkpoints with fairseq's own outputs (tests/fixtures/fairseq_xlsr, copied from ../shared/fixtures), safety."""
 
 from __future__ import annotations
 
