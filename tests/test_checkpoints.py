@@ -1,5 +1,5 @@
 """Checkpoint interop: Hugging Face directories both ways (reference: transformers 5.23), genuine
-fairseq 0.12 checkpoints with fairseq's own outputs (tests/fixtures/fairseq_xlsr, copied from ../shared/fixtures), safety."""
+fairseq 0.12 checkpoints with fairseq's own outputs (tests/fixtures/fairseq_xlsr), safety."""
 
 from __future__ import annotations
 
@@ -221,12 +221,16 @@ def test_fairseq_ctc_converts_to_a_directory_transformers_runs(fixtures_dir, tmp
     ]
 
 
-def test_fairseq_pretraining_without_quantizer_converts_encoder_only(fixtures_dir, tmp_path):
+@pytest.mark.parametrize("encoder_only", [False, True])
+def test_fairseq_pretraining_without_quantizer_converts_encoder_only(fixtures_dir, tmp_path, encoder_only):
+    """transformers' Wav2Vec2ForPreTraining cannot hold a model without a quantizer: the encoder is written
+    (asked for or not) and the result says what was left out; compared with fairseq's own output."""
     from transformers import Wav2Vec2Model as HFModel
 
-    with pytest.raises(CheckpointError, match="--encoder-only"):
-        convert(fixtures_dir / "pretrain.pt", tmp_path / "hf")
-    convert(fixtures_dir / "pretrain.pt", tmp_path / "hf", encoder_only=True)
+    done = convert(fixtures_dir / "pretrain.pt", tmp_path / "hf", encoder_only=encoder_only)
+    assert done.model.cfg.head == "none"
+    assert (done.left_out is None) == encoder_only or "quantize_targets=False" in done.left_out
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["Wav2Vec2Model"]
     hf = HFModel.from_pretrained(tmp_path / "hf").eval()
     a, _ = fixture_waves(fixtures_dir)
     with torch.no_grad():  # same input normalisation as fairseq, to compare the network alone
@@ -355,7 +359,7 @@ def convert_model_to(model, dst):
     from xlsr.checkpoints import checkpoint_dict
 
     torch.save(checkpoint_dict(model), dst.parent / "src.pt")
-    return convert(dst.parent / "src.pt", dst)
+    return convert(dst.parent / "src.pt", dst).model
 
 
 def test_xlsr_checkpoint_round_trip(tmp_path):

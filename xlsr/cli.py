@@ -69,8 +69,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoints import convert
 
-    model = convert(args.src, args.dst, dict_path=args.dict_path, encoder_only=args.encoder_only)
-    print(f"wrote {args.dst} ({model.cfg.head} head, {model.num_parameters():,} parameters)")
+    done = convert(args.src, args.dst, dict_path=args.dict_path, encoder_only=args.encoder_only)
+    print(f"wrote {args.dst} ({done.model.cfg.head} head, {done.model.num_parameters():,} parameters)")
+    if done.left_out:
+        print(f"xlsr: note: left out {done.left_out}", file=sys.stderr)
     return 0
 
 

@@ -7,18 +7,21 @@ through huggingface_hub only when it is installed and the network allows it; not
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import CheckpointError
 from ..models import Wav2Vec2Model
-from .fairseq import load_fairseq
-from .hf import load_hf_dir, save_hf_dir
+from .families import FAMILIES, Family, Loaded, carry, fairseq_family, family_of, hf_family
+from .hf import _read_json, save_hf_dir
 from .io import safe_torch_load
 from .native import checkpoint_dict, is_native, load_native
 
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # owner/name, as the Hugging Face hub spells repository ids
+MODEL_FILE_SUFFIXES = (".pt", ".safetensors", ".bin", ".ckpt")
 
 
 def _download(repo_id: str) -> Path:
@@ -26,11 +29,11 @@ def _download(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise CheckpointError(
-            f"{repo_id}: no such file or directory (to download it from the Hugging Face hub, "
+            f"{repo_id}: no such model file or directory (to download it from the Hugging Face hub, "
             "pip install huggingface_hub)"
         ) from None
     try:
-        patterns = ["*.json", "*.safetensors", "*.txt"]
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo, gated repo: the hub raises many types
         raise CheckpointError(
@@ -38,36 +41,53 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
+def looks_like_model(item: str | Path) -> bool:
+    """Whether a path names a model (a directory with config.json, a checkpoint file), as opposed to audio."""
+    path = Path(item)
+    return (path.is_dir() and (path / "config.json").exists()) or path.suffix in MODEL_FILE_SUFFIXES
+
+
 def load_model(
-    model: str | Path,
+    model: str | Path | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     dict_path: str | Path | None = None,
-) -> Wav2Vec2Model:
-    """Any model xlsr reads -> a Wav2Vec2Model in eval mode, with `.tokenizer` (CTC models),
-    `.preprocessing` and `.source` set. `dict_path` is a fairseq CTC model's letter dictionary
-    (default: `dict.ltr.txt` beside the checkpoint)."""
+    spm_path: str | Path | None = None,
+    kind: str = "asr",
+) -> nn.Module:
+    """Any model xlsr reads -> its network in eval mode, with `.tokenizer`, `.preprocessing` and `.source`.
+
+    model: a Hugging Face directory, a fairseq `.pt`, an xlsr checkpoint, or a hub id; None: the bundled
+    reference model of `kind` (`asr`, `lid`). `dict_path` / `spm_path`: a fairseq model's target dictionary
+    and sentencepiece model (default: beside the checkpoint). The family (wav2vec2, speech translation, ...)
+    is recognised from the checkpoint itself (`checkpoints/families.py`).
+    """
+    if model is None:
+        model = bundled_model(kind)
     path = Path(model)
     if path.suffix == ".safetensors" and path.is_file():
         path = path.parent
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise CheckpointError(f"{path}: a model directory needs config.json (Hugging Face format)")
-        net, tokenizer, pre = load_hf_dir(path)
-        kind = "Hugging Face directory"
+            raise CheckpointError(f"{path}: not a model: a model directory needs config.json (Hugging Face format)")
+        loaded = hf_family(_read_json(path / "config.json"), path).load_hf(path)
+        kind_of = "Hugging Face directory"
     elif path.is_file():
         ckpt = safe_torch_load(path)
         if is_native(ckpt):
-            net, tokenizer, pre = load_native(ckpt, path)
-            kind = "xlsr checkpoint"
+            loaded, kind_of = load_native(ckpt, path), "xlsr checkpoint"
+        elif isinstance(ckpt, dict) and "model" in ckpt:
+            loaded = fairseq_family(ckpt).load_fairseq(path, ckpt, dict_path=dict_path, spm_path=spm_path)
+            kind_of = "fairseq checkpoint"
         else:
-            net, tokenizer, pre = load_fairseq(path, dict_path, ckpt)
-            kind = "fairseq checkpoint"
+            raise CheckpointError(
+                f"{path}: a torch file, but neither an xlsr nor a fairseq checkpoint (no `model` weights)"
+            )
     elif HUB_ID.match(str(model)):
-        return load_model(_download(str(model)), device, dtype)
+        return load_model(_download(str(model)), device, dtype, dict_path, spm_path)
     else:
-        raise CheckpointError(f"{model}: no such file or directory")
-    net.tokenizer, net.preprocessing, net.source = tokenizer, pre, f"{kind} {path}"
+        raise CheckpointError(f"{model}: no such file or directory (the model to load)")
+    net = carry(loaded.model, loaded.tokenizer, loaded.preprocessing, f"{kind_of} {path}")
     return net.to(device=device, dtype=dtype).eval()
 
 
@@ -79,7 +99,7 @@ def bundled_model(kind: str = "asr") -> Path:
     shared characters) and `lid` (language ID, fine-tuned from the CTC model's encoder)."""
     path = BUNDLED_MODEL / kind
     if not (path / "config.json").exists():
-        raise CheckpointError(f"the bundled {kind} model is missing from {path}: name a MODEL")
+        raise CheckpointError(f"the bundled {kind} model is missing from {path}: name a model with --model")
     return path
 
 
@@ -87,23 +107,42 @@ def _encoder_only(model: Wav2Vec2Model) -> Wav2Vec2Model:
     """The same network without its head (transformers' Wav2Vec2Model)."""
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     bare = Wav2Vec2Model.from_state_dict(model.cfg.replace(head="none", vocab_size=0, labels=()), state)
-    bare.preprocessing, bare.source = model.preprocessing, model.source
-    return bare
+    return carry(bare, None, model.preprocessing, model.source)
+
+
+@dataclass
+class Converted:
+    model: nn.Module  # what was written
+    left_out: str | None = None  # what the source had that the directory does not hold, in a phrase
 
 
 def convert(
-    src: str | Path, dst: str | Path, dict_path: str | Path | None = None, encoder_only: bool = False
-) -> Wav2Vec2Model:
+    src: str | Path,
+    dst: str | Path,
+    dict_path: str | Path | None = None,
+    spm_path: str | Path | None = None,
+    encoder_only: bool = False,
+) -> Converted:
     """Any model xlsr reads -> a Hugging Face model directory at `dst` (written atomically).
 
-    encoder_only: write transformers' Wav2Vec2Model, dropping the head (needed for a fairseq pretraining
-    model without a quantizer, which transformers' Wav2Vec2ForPreTraining cannot hold).
+    encoder_only: write transformers' Wav2Vec2Model, dropping the head. A fairseq pretraining model without a
+    quantizer (`quantize_targets=False`) cannot be a transformers Wav2Vec2ForPreTraining: its encoder is
+    written, and `left_out` says so.
     """
-    model = load_model(src, dict_path=dict_path)
+    model = load_model(src, dict_path=dict_path, spm_path=spm_path)
     _check_destination(Path(dst))
+    left_out = None
+    if isinstance(model, Wav2Vec2Model) and model.cfg.head == "pretraining" and not model.cfg.quantize_targets:
+        encoder_only = True
+        left_out = (
+            "the contrastive projection (no quantizer: fairseq quantize_targets=False, which transformers' "
+            "Wav2Vec2ForPreTraining cannot hold); wrote the encoder (Wav2Vec2Model)"
+        )
+    if encoder_only and not isinstance(model, Wav2Vec2Model):
+        raise CheckpointError(f"{src}: --encoder-only applies to wav2vec2 models, not {family_of(model).name}")
     out = _encoder_only(model) if encoder_only else model
-    save_hf_dir(out, dst, None if encoder_only else model.tokenizer, model.preprocessing)
-    return out
+    family_of(out).save_hf(out, Path(dst))
+    return Converted(out, left_out)
 
 
 def _check_destination(dst: Path) -> None:
@@ -113,47 +152,37 @@ def _check_destination(dst: Path) -> None:
         raise CheckpointError(f"{dst}: a non-empty directory that is not a model directory; refusing to replace it")
 
 
-def info(model: str | Path | Wav2Vec2Model) -> dict:
-    """What a model is: architecture, sizes, parameter count, vocabulary or labels, preprocessing, origin."""
-    net = model if isinstance(model, Wav2Vec2Model) else load_model(model)
-    cfg = net.cfg
-    heads = {"none": "encoder only", "pretraining": "pretraining (quantizer + contrastive projections)"}
-    head = heads.get(cfg.head, cfg.head)
-    if cfg.head == "pretraining" and not cfg.quantize_targets:
-        head = "pretraining (contrastive projections, unquantized targets)"
-    encoder = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("head."))
-    out = {
-        "source": net.source,
-        "head": head,
-        "layout": cfg.layout,
-        "layers": cfg.encoder_layers,
-        "dim": cfg.encoder_embed_dim,
-        "ffn_dim": cfg.encoder_ffn_embed_dim,
-        "heads": cfg.encoder_attention_heads,
-        "conv_layers": [list(c) for c in cfg.conv_feature_layers],
-        "frame_ms": 1000 * cfg.frame_stride / net.preprocessing.sample_rate,
-        "parameters": net.num_parameters(),
-        "encoder_parameters": encoder,
-        "preprocessing": net.preprocessing.to_dict(),
-    }
-    if cfg.head == "pretraining" and cfg.quantize_targets:
-        out["codebook"] = f"{cfg.latent_groups} groups x {cfg.latent_vars} entries, dim {cfg.codevector_dim}"
-    if net.tokenizer is not None:
-        out["vocabulary"] = list(net.tokenizer.tokens)
-    if cfg.labels:
-        out["labels"] = list(cfg.labels)
-    return out
+def info(model: str | Path | nn.Module | None = None) -> dict:
+    """What a model is: family, architecture, sizes, parameter count, vocabulary or labels, preprocessing, origin."""
+    net = model if isinstance(model, nn.Module) else load_model(model)
+    return family_of(net).describe(net)
 
 
-def init(out: str | Path, preset: str = "tiny", seed: int = 0) -> Wav2Vec2Model:
-    """A new, randomly initialised pretraining model of a preset, written as a Hugging Face directory."""
+def init(out: str | Path, preset: str = "tiny", seed: int = 0) -> nn.Module:
+    """A new, randomly initialised model of a preset, written as a Hugging Face directory."""
     from ..config import preset as get_preset
 
+    cfg = get_preset(preset)
+    family = next(f for f in FAMILIES.values() if isinstance(cfg, f.config))
     torch.manual_seed(seed)
-    model = Wav2Vec2Model(get_preset(preset))
+    model = family.model(cfg)
     _check_destination(Path(out))
-    save_hf_dir(model, out)
+    family.save_hf(model, Path(out))
     return model
 
 
-__all__ = ["bundled_model", "checkpoint_dict", "convert", "info", "init", "load_model", "save_hf_dir"]
+__all__ = [
+    "Converted",
+    "Family",
+    "Loaded",
+    "bundled_model",
+    "carry",
+    "checkpoint_dict",
+    "convert",
+    "family_of",
+    "info",
+    "init",
+    "load_model",
+    "looks_like_model",
+    "save_hf_dir",
+]

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
+from typing import Any, ClassVar
 
 from ..errors import CheckpointError
 
@@ -22,6 +23,7 @@ SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 
 @dataclass
 class CTCTokenizer:
+    kind: ClassVar[str] = "ctc"
     tokens: list[str]  # id -> token
     pad_token: str = "<pad>"  # also the CTC blank
     unk_token: str = "<unk>"
@@ -71,6 +73,19 @@ class CTCTokenizer:
             tokens = [t for t, _ in groupby(tokens)]
         text = "".join(" " if t == self.word_delimiter_token else t for t in tokens if t != self.pad_token).strip()
         return text.lower() if self.do_lower_case else text
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for an xlsr checkpoint (see `xlsr.text.tokenizer_from_dict`)."""
+        return {
+            "kind": self.kind,
+            "tokens": list(self.tokens),
+            "pad_token": self.pad_token,
+            "unk_token": self.unk_token,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "word_delimiter_token": self.word_delimiter_token,
+            "do_lower_case": self.do_lower_case,
+        }
 
     # -- Hugging Face files ------------------------------------------------------------------
     @classmethod
