@@ -1,10 +1,11 @@
 """Shared test helpers: tiny transformers configs written out here (not through xlsr's converter),
-randomised weights, test audio."""
+randomised weights, test audio, and the system tools some tests need (which must not skip under CI)."""
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,44 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 # (each folder's README says how fairseq wrote them), so that a fresh clone runs every test.
 FIXTURES_ROOT = Path(__file__).resolve().parent / "fixtures"
 FIXTURES = FIXTURES_ROOT / "fairseq_xlsr"
+
+# System tools (Debian packages) that some tests need; README lists them and `.ci/run` installs them. Under CI
+# (the variable CI set and not "false"/"0", as CI services set it), a test that skips because one is missing
+# fails instead: a break in those tests must not land unseen because the CI machine lacked the tool.
+SYSTEM_TOOLS = ("espeak-ng",)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def needs_tool(name: str) -> pytest.MarkDecorator:
+    """Skips a test when the system tool `name` is not on PATH (and so, under CI, fails it)."""
+    assert name in SYSTEM_TOOLS, f"add {name} to SYSTEM_TOOLS, README and .ci/run"
+    return pytest.mark.skipif(shutil.which(name) is None, reason=f"{name} (Debian package) not installed")
+
+
+def missing_tool(skip_reason: str) -> str | None:
+    """The system tool a skip's reason names that is indeed missing, if any."""
+    return next((t for t in SYSTEM_TOOLS if t in skip_reason and shutil.which(t) is None), None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI, turns a skip for a missing system tool into a failure (whoever wrote the skip)."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    tool = missing_tool(reason)
+    if tool is not None:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{tool} is not installed, and under CI the tests that need it must run, not skip "
+            f"({reason}): install it (apt-get install -y {tool}; .ci/run does)"
+        )
+
 
 # The two layouts, as transformers names them.
 LAYOUTS = {

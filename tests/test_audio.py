@@ -3,6 +3,11 @@ samples, streaming, normalisation, and each kind of bad file."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -134,3 +139,112 @@ def test_normalize_uses_only_the_valid_samples_and_keeps_padding_zero():
     assert torch.all(out[1, 500:] == 0)
     fairseq_style = (a - a.mean()) / np.sqrt(a.var() + 1e-5)
     np.testing.assert_allclose(normalize(wave[:1], eps=1e-5)[0].numpy(), fairseq_style, atol=1e-5)
+
+
+# A script run in its own process, so that what native decoders write to file descriptor 2 is really seen:
+# it reads a text file named .mp3 (libmpg123 inside libsndfile prints "Note: Illegal Audio-MPEG-Header ...")
+# with PyAV and then as a base install without it, and prints xlsr's errors the way the CLI does.
+_DECODE_TEXT_MP3 = """
+import sys
+from pathlib import Path
+from xlsr.audio import audio_duration, load_audio, stream_audio
+from xlsr.errors import XlsrError
+path = Path(sys.argv[1])
+for pyav in (True, False):
+    if not pyav:
+        sys.modules["av"] = None  # a base install, without the [formats] extra
+    for read in (load_audio, audio_duration, lambda p: list(stream_audio(p))):
+        try:
+            read(path)
+        except XlsrError as e:
+            print(f"xlsr: error: {e}", file=sys.stderr)
+print("stderr works after decoding", file=sys.stderr)
+"""
+
+
+def test_native_decoders_print_nothing_only_xlsr_speaks(tmp_path):
+    """A text file named .mp3: exactly xlsr's one line per call on stderr, no decoder chatter, no install hint."""
+    path = tmp_path / "notes.mp3"
+    path.write_text("this is a text file, not audio\n" * 50)
+    run = subprocess.run([sys.executable, "-c", _DECODE_TEXT_MP3, str(path)], capture_output=True, text=True)
+    lines = run.stderr.splitlines()
+    assert run.returncode == 0 and len(lines) == 7, run.stderr
+    assert all(line.startswith(f"xlsr: error: {path}: not a readable audio file") for line in lines[:6]), lines
+    assert lines[6] == "stderr works after decoding"
+    assert "Illegal" not in run.stderr and "Note:" not in run.stderr and "pip install" not in run.stderr
+
+
+def test_decoding_in_threads_keeps_the_process_stderr(tmp_path, capfd):
+    """fd 2 is shared by all threads: concurrent decodes of bad and good files print nothing, and stderr
+    works afterwards."""
+    (tmp_path / "bad.mp3").write_text("this is a text file, not audio\n" * 50)
+    sf.write(tmp_path / "good.mp3", tone(440, 0.5, 16000), 16000, format="MP3")
+    errors = []
+
+    def work(i: int) -> None:
+        for _ in range(10):
+            try:
+                load_audio(tmp_path / ("bad.mp3" if i % 2 else "good.mp3"))
+            except AudioError as e:
+                errors.append(str(e))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    os.write(2, b"still here\n")
+    assert capfd.readouterr().err == "still here\n"
+    assert len(errors) == 30 and all("bad.mp3: not a readable audio file" in e for e in errors)
+
+
+def _m4a_bytes() -> bytes:
+    """The start of an MP4/M4A file (an `ftyp` box), then junk: a format only PyAV reads."""
+    return b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00M4A mp42isom" + bytes(200)
+
+
+@pytest.mark.parametrize(
+    "name, content, hint",
+    [
+        ("clip.m4a", b"text named m4a\n" * 20, True),  # a PyAV format by its name...
+        ("clip.webm", b"text named webm\n" * 20, True),
+        ("clip.audio", _m4a_bytes(), True),  # ...or by its bytes
+        ("notes.mp3", b"text named mp3\n" * 20, False),  # formats libsndfile reads: corrupt, not missing PyAV
+        ("notes.wav", b"text named wav\n" * 20, False),
+        ("notes.flac", b"text named flac\n" * 20, False),
+        ("notes.ogg", b"text named ogg\n" * 20, False),
+        ("cut.wav", None, False),  # a wav whose data was cut off inside its header
+    ],
+)
+def test_the_pyav_hint_only_when_the_format_needs_it_and_pyav_is_missing(tmp_path, monkeypatch, name, content, hint):
+    path = tmp_path / name
+    if content is None:
+        sf.write(tmp_path / "full.wav", tone(440, 0.5, 16000), 16000)
+        content = (tmp_path / "full.wav").read_bytes()[:30]
+    path.write_bytes(content)
+    monkeypatch.setitem(sys.modules, "av", None)  # a base install, without the [formats] extra
+    for read in (load_audio, audio_duration, lambda p: list(stream_audio(p))):
+        with pytest.raises(AudioError) as e:
+            read(path)
+        message = str(e.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message
+        assert ("pip install av" in message and "xlsr[formats]" in message) is hint, message
+        if not hint:
+            assert "not a readable audio file" in message and "pip install" not in message
+
+
+def test_no_pyav_hint_for_files_pyav_could_not_read(tmp_path):
+    pytest.importorskip("av")
+    for name in ("clip.m4a", "notes.mp3"):
+        (tmp_path / name).write_bytes(b"not audio\n" * 30)
+        with pytest.raises(AudioError, match="not a readable audio file") as e:
+            load_audio(tmp_path / name)
+        assert "pip install" not in str(e.value)
+
+
+def test_an_implausible_sample_rate_in_the_header_is_an_error(tmp_path):
+    """A corrupt header that says 10 Hz would turn 2000 frames into 200 s of audio (3.2 M samples)."""
+    sf.write(tmp_path / "slow.wav", np.zeros(2000, np.float32), 10)
+    for read in (load_audio, audio_duration, lambda p: list(stream_audio(p))):
+        with pytest.raises(AudioError, match="slow.wav: implausible sample rate 10 Hz"):
+            read(tmp_path / "slow.wav")

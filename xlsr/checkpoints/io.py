@@ -19,6 +19,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,28 +63,80 @@ SAFE_GLOBALS: list[Any] = [
 ]
 
 
+# What a user can pass instead, said in every error about a file that is not one of them.
+FORMATS_READ = "xlsr reads a Hugging Face model directory, a fairseq .pt checkpoint or an xlsr checkpoint"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (since PyTorch 1.6) is a zip archive
+_PICKLE_MAGIC = b"\x80"  # the legacy format (fairseq's older files) starts with pickle protocol 2's opcode
+
+
+def _not_a_checkpoint(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: not a readable PyTorch checkpoint: {what}; {FORMATS_READ}")
+
+
+def _not_torch_zip(path: Path) -> str | None:
+    """For a file that starts like a zip archive: what it is instead of a torch file, or None."""
+    if not zipfile.is_zipfile(path):
+        return "a truncated or damaged zip archive (a PyTorch file is a complete zip)"
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
+        return "a damaged zip archive"
+    if not any(n.endswith("/data.pkl") for n in names):
+        return "a zip archive, but not a PyTorch file (it holds no data.pkl)"
+    return None
+
+
+def _detail(e: BaseException) -> str:
+    """torch's reason on one line, without its advice to re-run torch.load unsafely."""
+    if isinstance(e, EOFError):
+        return "it ends early"
+    text = str(e)
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text, re.S)
+    text = found.group(1) if found else text
+    text = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text).split(". This is an internal")[0]
+    if "weights_only" in text.lower() or "weights only" in text.lower():  # never pass on the unsafe advice
+        return type(e).__name__
+    return text[:200]
+
+
 def safe_torch_load(path: str | Path) -> Any:
-    """torch.load that never executes code from the file; tensors are loaded on the CPU."""
+    """torch.load that never executes code from the file; tensors are loaded on the CPU.
+
+    Any file torch cannot read -- random bytes, a truncated zip or pickle, a zip of something else -- is one
+    CheckpointError line saying what the file is not and which formats xlsr reads; a pickle that names a
+    global outside the allow-list gets a line naming it, and that it was not run.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: the file is empty")
-    mmap = zipfile.is_zipfile(path)  # new-style torch files can be memory-mapped: no second copy in RAM
+        raise _not_a_checkpoint(path, "the file is empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    zipped = head == _ZIP_MAGIC
+    instead = _not_torch_zip(path) if zipped else None
+    if instead is not None:
+        raise _not_a_checkpoint(path, instead)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if not found:  # a damaged or foreign file rather than a forbidden object
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
-        what = found.group(1)
-        raise CheckpointError(
-            f"{path}: refused to load: the file asks to run or build {what}, which a model checkpoint never "
-            "needs (only tensors and plain data are allowed, so no code from the file is executed)"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": about the file, not for the user
+            # new-style torch files are memory-mapped: no second copy in RAM
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except Exception as e:  # torch's loaders raise anything (IndexError, struct.error, ...) on damaged bytes
+        found = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if found:
+            raise CheckpointError(
+                f"{path}: refused to load: the file asks to run or build {found.group(1)}, which a model "
+                "checkpoint never needs; it was not run (xlsr unpickles only tensors and plain data)"
+            ) from None
+        if zipped:
+            raise _not_a_checkpoint(path, f"a damaged PyTorch zip file ({_detail(e)})") from None
+        if head.startswith(_PICKLE_MAGIC):
+            kind = "a pickle that is not a PyTorch checkpoint, or a damaged one"
+            raise _not_a_checkpoint(path, f"{kind} ({_detail(e)})") from None
+        raise _not_a_checkpoint(path, "neither a PyTorch zip archive nor a pickle") from None
 
 
 @contextlib.contextmanager
