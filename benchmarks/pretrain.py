@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from xlsr.audio import normalize  # noqa: E402
 from xlsr.checkpoints import load_model  # noqa: E402
 from xlsr.pretraining.losses import pretraining_forward  # noqa: E402
-from xlsr.pretraining.masking import compute_mask  # noqa: E402
 from xlsr.pretraining.negatives import sample_negatives  # noqa: E402
+from xlsr.training.masking import compute_mask  # noqa: E402
 
 
 def hf_config(layout: str):

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from conftest import speechlike
 
-from xlsr.checkpoints import init, load_model
+from xlsr.checkpoints import init, load_model, save_hf_dir
 from xlsr.checkpoints.io import safe_torch_load
 from xlsr.errors import ConfigError, DataError
 from xlsr.finetuning.ctc import CTCConfig, CTCTask, build_vocab, ctc_feasible, finetune_ctc
@@ -96,8 +96,9 @@ def test_the_encoder_is_frozen_for_freeze_finetune_updates_and_the_feature_encod
     start = load_model(corpus / "init").state_dict()
     args = [*QUIET, "freeze_finetune_updates=2", "lr_scheduler=fixed"]
     data = (str(corpus / "init"), corpus / "train.tsv", corpus / "valid.tsv", tmp_path)
-    finetune_ctc(*data, set=[*args, "max_update=2"], quiet=True)
-    after2 = safe_torch_load(tmp_path / "checkpoints" / "checkpoint_last.pt")["model"]
+    # (a run that stops while frozen is refused: only the head would train; so look at update 2 of 3)
+    finetune_ctc(*data, set=[*args, "max_update=3"], quiet=True)
+    after2 = safe_torch_load(tmp_path / "checkpoints" / "checkpoint_2.pt")["model"]
     for k, v in after2.items():
         if k.startswith("head."):
             assert not torch.equal(v, torch.zeros_like(v)), k
@@ -199,3 +200,51 @@ def test_two_processes_fine_tune_the_same_model_as_one(corpus, tmp_path):
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], atol=2e-5, rtol=1e-4, msg=k)
     assert (tmp_path / "two" / "best" / "config.json").exists()
+
+
+def test_characters_missing_from_the_vocabulary_are_named_with_counts_and_the_fix(corpus, tmp_path, caplog):
+    from xlsr.config import preset
+    from xlsr.models import Wav2Vec2Model
+    from xlsr.training.distributed import World
+
+    small = build_vocab(["ba di"])  # lacks k, u, l, o, m, e, n, p, i... of the other words
+    (tmp_path / "vocab").mkdir()
+    for name, content in small.hf_files().items():
+        (tmp_path / "vocab" / name).write_text(content, encoding="utf-8")
+    cfg = build_config(CTCConfig, None, QUIET)
+    task = CTCTask(cfg, corpus / "train.tsv", corpus / "valid.tsv", str(corpus / "init"), vocab=str(tmp_path / "vocab"))
+    model = task.build_model()
+    with caplog.at_level(logging.WARNING, logger="xlsr"):
+        task.datasets(model, World())
+    (line, *_) = [r.getMessage() for r in caplog.records if "not in the vocabulary" in r.getMessage()]
+    texts = [normalize_text(r.split("\t")[3]) for r in (corpus / "train.tsv").read_text().splitlines()[1:]]
+    missing = {c: sum(t.count(c) for t in texts) for c in set("".join(texts)) - set("badi ")}
+    top = max(missing, key=lambda c: (missing[c], c))
+    assert (
+        f"{sum(missing.values())} characters are not in the vocabulary" in line and f"{top!r} x{missing[top]}" in line
+    )
+    assert line.endswith("drop --vocab to build a vocabulary from the training transcripts")
+    # a CTC model as --init keeps its vocabulary, and says how to get a new one; new_vocab=true builds it
+    ctc = Wav2Vec2Model(preset("tiny", head="ctc", vocab_size=len(small)))
+    save_hf_dir(ctc, tmp_path / "ctc", small)
+    caplog.clear()
+    task = CTCTask(cfg, corpus / "train.tsv", corpus / "valid.tsv", str(tmp_path / "ctc"))
+    with caplog.at_level(logging.WARNING, logger="xlsr"):
+        task.datasets(task.build_model(), World())
+    assert "--set new_vocab=true builds a vocabulary from the training transcripts" in caplog.text
+    fresh = CTCTask(build_config(CTCConfig, None, [*QUIET, "new_vocab=true"]), corpus / "train.tsv",
+                    corpus / "valid.tsv", str(tmp_path / "ctc"))  # fmt: skip
+    assert fresh.build_model().tokenizer.tokens == build_vocab(texts).tokens
+    with pytest.raises(ConfigError, match="new_vocab=true builds the vocabulary from the training transcripts: drop"):
+        CTCTask(build_config(CTCConfig, None, ["new_vocab=true"]), "t.tsv", "v.tsv", "init", vocab="vocab.json")
+
+
+def test_a_run_that_would_train_only_the_head_is_refused_before_anything_is_loaded(corpus, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        finetune_ctc(str(tmp_path / "no_such_model"), corpus / "train.tsv", corpus / "valid.tsv", tmp_path / "out",
+                     set=["freeze_finetune_updates=500", "max_update=500"], quiet=True)  # fmt: skip
+    assert str(e.value) == (
+        "freeze_finetune_updates=500 is not below max_update=500: only the new head would ever train; lower "
+        "freeze_finetune_updates (fairseq's XLS-R recipe: 10000 of 20000 updates) or raise max_update"
+    )
+    assert not (tmp_path / "out").exists()

@@ -12,8 +12,8 @@ from xlsr.audio import normalize, pad_batch
 from xlsr.checkpoints import load_model
 from xlsr.models.padding import padding_mask
 from xlsr.pretraining.losses import pretraining_forward
-from xlsr.pretraining.masking import compute_mask
 from xlsr.pretraining.negatives import sample_negatives
+from xlsr.training.masking import compute_mask
 
 
 def test_masks_cover_about_half_of_the_frames_in_spans_and_never_padding():

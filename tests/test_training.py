@@ -17,13 +17,16 @@ import soundfile as sf
 import torch
 from conftest import speechlike
 
-from xlsr.checkpoints import convert, load_model
+from xlsr.checkpoints import convert, init, load_model
 from xlsr.checkpoints.io import safe_torch_load
 from xlsr.data.dataset import BatchSampler, language_resample
 from xlsr.data.manifest import read_manifest
 from xlsr.errors import ConfigError, XlsrError
-from xlsr.pretraining.task import PretrainConfig, pretrain
-from xlsr.training.config import build_config
+from xlsr.finetuning.classify import ClassificationTask, ClassifyConfig
+from xlsr.finetuning.ctc import CTCConfig, CTCTask
+from xlsr.pretraining.task import PretrainConfig, PretrainTask, pretrain
+from xlsr.training.config import build_config, describe_config
+from xlsr.training.schedule import ignored_options
 
 TINY = ["max_tokens=100000", "max_sample_size=48000", "num_workers=0", "warmup_updates=2", "lr=2e-3",
         "log_interval=1", "model.dropout=0.0", "model.attention_dropout=0.0", "model.dropout_input=0.0",
@@ -258,3 +261,155 @@ def test_pretraining_checkpoint_converts_to_transformers_and_init_from_other_mod
     # a different model in the same output directory is refused
     with pytest.raises(XlsrError, match="model differs"):
         pretrain(corpus / "train.tsv", tmp_path / "run", preset="tiny-base", set=[*TINY, "max_update=3"], quiet=True)
+
+
+def test_an_unknown_key_is_one_line_with_the_closest_valid_keys_first():
+    with pytest.raises(ConfigError) as e:
+        build_config(PretrainConfig, None, ["max_updates=3"])
+    message = str(e.value)
+    assert "\n" not in message and "max_updates (did you mean max_update?)" in message
+    assert message.split("closest first: ")[1].startswith("max_update, ") and "--print-config" in message
+    with pytest.raises(
+        ConfigError, match=r"dropuot \(did you mean model.dropout\?\); valid keys, closest first: model.dropout"
+    ):
+        build_config(PretrainConfig, None, ["model.dropuot=0.1"])
+
+
+@pytest.mark.parametrize("task, cls", [("pretrain", PretrainConfig), ("finetune ctc", CTCConfig),
+                                       ("classify", ClassifyConfig)])  # fmt: skip
+def test_describe_config_shows_every_key_with_its_default_and_reads_back(task, cls, tmp_path):
+    import dataclasses
+
+    text = describe_config(task)
+    keys = [line.split(":")[0] for line in text.splitlines() if not line.startswith("#")]
+    assert keys == [f.name for f in dataclasses.fields(cls)]
+    assert "max_bad_samples: 10  # audio files that fail to decode" in text
+    assert "#   encoder_layers: 24  # HF num_hidden_layers" in text  # the model keys, commented out
+    (tmp_path / "c.yaml").write_text(text)
+    assert build_config(cls, tmp_path / "c.yaml") == cls()
+    with pytest.raises(ConfigError, match="unknown training task 'translate'"):
+        describe_config("translate")
+
+
+def test_schedule_options_the_schedule_ignores_are_named():
+    assert ignored_options(build_config(CTCConfig, None, [])) == []  # defaults: nothing was asked for
+    (warning,) = ignored_options(build_config(CTCConfig, None, ["warmup_updates=500", "max_update=3000"]))
+    assert warning == (
+        "warmup_updates=500 has no effect under lr_scheduler=tri_stage (tri_stage warms up for phase_ratio[0] x "
+        "max_update = 300 updates; set phase_ratio)"
+    )
+    (warning,) = ignored_options(build_config(PretrainConfig, None, ["init_lr_scale=0.1"]))
+    assert warning.startswith("init_lr_scale=0.1 has no effect under lr_scheduler=polynomial_decay")
+
+
+def test_a_run_warns_once_about_ignored_options_and_logs_the_loss_of_its_first_update(corpus, tmp_path, capsys):
+    pretrain(corpus / "train.tsv", tmp_path / "run", preset="tiny",
+             set=[*TINY, "lr_scheduler=tri_stage", "log_interval=50", "max_update=3"], quiet=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("warmup_updates=2 has no effect under lr_scheduler=tri_stage") == 1
+    logged = records(tmp_path / "run")
+    assert sorted(logged) == [1, 3] and np.isfinite(logged[1]["loss"])  # the first update, then log_interval / end
+
+
+def test_log_lines_are_written_through_the_progress_bar(capsys):
+    import logging
+
+    from xlsr.training.logging import log, setup_console_logging
+
+    setup_console_logging(False)
+    from tqdm import tqdm
+
+    bar = tqdm(total=10, file=sys.stderr, disable=False)
+    bar.update(3)
+    log.info("a line that must not be glued to the bar")
+    bar.close()
+    log.setLevel(logging.WARNING)
+    err = capsys.readouterr().err
+    (line,) = [piece for piece in err.split("\n") if "must not be glued" in piece]
+    assert line.split("\r")[-1].endswith("| a line that must not be glued to the bar")
+    assert "3/10" not in line.split("\r")[-1]  # the bar was cleared first, and drawn again after
+
+
+def test_unreadable_audio_met_during_training_is_skipped_named_once_and_counted(corpus, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for name in ("bad.flac", "bad_valid.flac"):
+        (tmp_path / name).write_bytes(b"fLaC" + rng.bytes(3000))  # the samples column skips the up-front check
+    rows = (corpus / "train.tsv").read_text().splitlines()
+    absolute = [rows[0], *(f"{corpus / r.split(chr(9))[0]}\t{r.split(chr(9), 1)[1]}" for r in rows[1:])]
+    (tmp_path / "train.tsv").write_text("\n".join([*absolute, f"{tmp_path / 'bad.flac'}\t40000\tfr"]) + "\n")
+    valid = (corpus / "valid.tsv").read_text().splitlines()
+    valid = [valid[0], *(f"{corpus / r.split(chr(9))[0]}\t{r.split(chr(9), 1)[1]}" for r in valid[1:])]
+    (tmp_path / "valid.tsv").write_text("\n".join([*valid, f"{tmp_path / 'bad_valid.flac'}\t30000\tfr"]) + "\n")
+    # one utterance per batch (so the bad one is a batch of its own), every utterance once per epoch:
+    # 13 updates need more than the 12 good utterances, so the bad one is met
+    args = [*TINY, "max_tokens=48000", "sampling_alpha=1.0", "max_update=13", "validate_interval_updates=13"]
+    pretrain(tmp_path / "train.tsv", tmp_path / "run", valid=tmp_path / "valid.tsv", preset="tiny", set=args,
+             quiet=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("skipped an audio file that cannot be read") == 2
+    assert err.count(str(tmp_path / "bad.flac")) == 1 and err.count(str(tmp_path / "bad_valid.flac")) == 1
+    assert records(tmp_path / "run")[13]["unreadable_files"] == 1 and 13 in records(tmp_path / "run", "valid")
+    state = safe_torch_load(tmp_path / "run" / "checkpoints" / "checkpoint_last.pt")
+    assert state["update"] == 13 and len(state["unreadable"]) == 2  # and the validation's
+    with pytest.raises(XlsrError) as e:
+        pretrain(tmp_path / "train.tsv", tmp_path / "stopped", preset="tiny", set=[*args, "max_bad_samples=0"],
+                 quiet=True)  # fmt: skip
+    assert str(e.value).startswith("1 audio files could not be read (more than max_bad_samples=0")
+    assert "\n" not in str(e.value)
+
+
+def test_model_changes_that_do_not_fit_the_start_weights_are_a_one_line_config_error(corpus, tmp_path):
+    init(tmp_path / "init", preset="tiny", seed=0)
+    start = str(tmp_path / "init")
+    (tmp_path / "text.tsv").write_text(f"path\tsamples\tlang\ttext\n{corpus / 'u0.flac'}\t24000\tfr\tba di\n"
+                                       f"{corpus / 'u1.flac'}\t32000\tsw\tku lo\n")  # fmt: skip
+    tasks = {
+        "pretrain": lambda s: PretrainTask(build_config(PretrainConfig, None, s), corpus / "train.tsv", None, start),
+        "ctc": lambda s: CTCTask(build_config(CTCConfig, None, s), tmp_path / "text.tsv", None, start),
+        "classify": lambda s: ClassificationTask(
+            build_config(ClassifyConfig, None, s), tmp_path / "text.tsv", None, start
+        ),  # fmt: skip
+    }
+    cases = [
+        ("pretrain", "model.conv_bias=false", "unexpected feature_encoder.conv_layers.0.conv.bias"),
+        ("ctc", "model.encoder_layers=3", "missing encoder.layers.2."),
+        ("classify", "model.encoder_embed_dim=64", "of another shape"),
+    ]
+    for task, change, detail in cases:
+        with pytest.raises(ConfigError) as e:
+            tasks[task]([change]).build_model()
+        message = str(e.value)
+        assert f"(model.{change.split('.', 1)[1]})" in message and detail in message and "\n" not in message, message
+    tasks["ctc"](["model.dropout=0.0"]).build_model()  # what keeps every weight's shape is fine
+
+
+def test_one_frame_count_formula_equals_the_feature_encoders_layer_by_layer_lengths():
+    from xlsr.config import PRESETS, ModelConfig, preset
+    from xlsr.models.feature_encoder import FeatureEncoder
+
+    samples = torch.arange(0, 3000)
+    odd = ModelConfig(conv_feature_layers=((8, 7, 3), (8, 4, 2), (8, 3, 3)), encoder_embed_dim=32,
+                      encoder_attention_heads=2, conv_pos_groups=4)  # fmt: skip
+    wav2vec2 = [c for c in (preset(name) for name in PRESETS) if isinstance(c, ModelConfig)]
+    assert len(wav2vec2) >= 6
+    for cfg in [*wav2vec2, odd]:
+        encoder = FeatureEncoder(cfg.conv_feature_layers, cfg.extractor_mode, cfg.conv_bias)
+        expected = encoder.output_lengths(samples)
+        assert torch.equal(cfg.num_frames(samples), expected)
+        assert [cfg.num_frames(int(n)) for n in samples[::97]] == expected[::97].tolist()
+    assert preset("xlsr-300m").num_frames(16000) == 49  # (16000 - 400) // 320 + 1
+
+
+def test_a_gathered_model_is_rebuilt_by_its_own_class_with_what_it_carries():
+    from xlsr.config import preset
+    from xlsr.models import Wav2Vec2Model
+    from xlsr.training.state import plain_model
+
+    class Family(Wav2Vec2Model):  # another model family with the same classmethod
+        pass
+
+    net = Family(preset("tiny"))
+    net.source = "somewhere"
+    copy = plain_model(net, {k: v.clone() for k, v in net.state_dict().items()})
+    assert type(copy) is Family and copy.source == "somewhere" and copy.preprocessing == net.preprocessing
+    assert all(torch.equal(v, copy.state_dict()[k]) for k, v in net.state_dict().items())

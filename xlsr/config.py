@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 
@@ -106,6 +106,13 @@ class ModelConfig:
             field_ += (k - 1) * jump
             jump *= s
         return field_
+
+    def num_frames(self, samples):
+        """The one frame-count formula: frames the feature encoder makes of `samples` samples (an int, or a
+        (B,) long tensor -> (B,) long): floor((samples - receptive_field) / frame_stride) + 1, at least 0.
+        Exactly each conv layer's floor((L - kernel) / stride) + 1 in turn (floors of integer floors compose)."""
+        frames = (samples - self.receptive_field) // self.frame_stride + 1
+        return frames.clamp(min=0) if hasattr(frames, "clamp") else max(frames, 0)
 
     @property
     def layout(self) -> str:
@@ -223,9 +230,128 @@ PRESETS = {
 }
 
 
-def preset(name: str, **changes: Any) -> ModelConfig:
-    """A named preset (`xlsr-300m`, `xlsr-1b`, `xlsr-2b`, `wav2vec2-base`, `tiny`, ...) with optional changes."""
+def preset(name: str, **changes: Any) -> ModelConfig | SpeechTranslationConfig:
+    """A named preset (`xlsr-300m`, `xlsr-1b`, `xlsr-2b`, `wav2vec2-base`, `tiny`, ...) with optional changes.
+
+    The speech-translation presets (`xlsr-300m-st`, `xlsr-1b-st`, `xlsr-2b-st`, `tiny-st`) return a
+    `SpeechTranslationConfig` (whose `family` is "speech_translation"), every other one a `ModelConfig`.
+    """
     key = name.replace("_", "-").lower()
     if key not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[key]().replace(**changes)
+
+
+@dataclass(frozen=True)
+class SpeechTranslationConfig:
+    """XLS-R encoder + convolutional adapter + mBART-style decoder: the speech-translation family.
+
+    fairseq `xm_transformer` (`Wav2VecEncoderWithAdaptor` + `TransformerDecoder`); transformers
+    `SpeechEncoderDecoderModel` of a `Wav2Vec2Model` with `add_adapter` and an `MBartForCausalLM`. Stored inside
+    every checkpoint and rebuilt from it, like `ModelConfig`. Field names follow fairseq's xm_transformer options;
+    the comments give transformers' names where they differ.
+    """
+
+    family: ClassVar[str] = "speech_translation"
+
+    encoder: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(head="none"))
+    # adapter (fairseq Conv1dAdaptor, with w2v_encoder.proj + w2v_proj_ln; transformers Wav2Vec2Adapter)
+    adaptor_n_layers: int = 3  # HF num_adapter_layers
+    adaptor_kernel_size: int = 3  # HF adapter_kernel_size
+    adaptor_stride: int = 2  # HF adapter_stride
+    adaptor_proj_dim: int = 0  # Linear + LayerNorm down to this width first (0: none); HF output_hidden_size
+    # decoder (fairseq TransformerDecoder with decoder_normalize_before; transformers MBartDecoder)
+    decoder_layers: int = 12
+    decoder_embed_dim: int = 1024  # HF d_model
+    decoder_ffn_embed_dim: int = 4096  # HF decoder_ffn_dim
+    decoder_attention_heads: int = 16
+    vocab_size: int = 250054  # mBART-50: 4 specials, the sentencepiece pieces, 52 language codes, <mask>
+    max_target_positions: int = 1024  # HF max_position_embeddings (the table has 2 more rows: the offset)
+    activation_fn: str = "relu"  # HF activation_function
+    scale_embedding: bool = True  # embeddings times sqrt(decoder_embed_dim); fairseq `not no_scale_embedding`
+    layernorm_embedding: bool = True
+    decoder_dropout: float = 0.1  # HF dropout
+    decoder_attention_dropout: float = 0.0  # HF attention_dropout
+    decoder_activation_dropout: float = 0.0  # HF activation_dropout
+    decoder_layerdrop: float = 0.0
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    decoder_start_token_id: int = 2  # fairseq starts the decoder input with </s>
+
+    def __post_init__(self):
+        if not isinstance(self.encoder, ModelConfig):
+            raise ConfigError("SpeechTranslationConfig.encoder must be a ModelConfig")
+        if self.encoder.head != "none":
+            raise ConfigError(f"a speech-translation encoder has head 'none', not {self.encoder.head!r}")
+        if self.adapter_dim != self.decoder_embed_dim:
+            raise ConfigError(
+                f"the adapter's output width {self.adapter_dim} must equal decoder_embed_dim {self.decoder_embed_dim}"
+                " (set adaptor_proj_dim to project the encoder down)"
+            )
+        if self.decoder_embed_dim % self.decoder_attention_heads:
+            raise ConfigError(
+                f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by "
+                f"decoder_attention_heads {self.decoder_attention_heads}"
+            )
+        if self.adaptor_n_layers < 0 or self.adaptor_kernel_size < 1 or self.adaptor_stride < 1:
+            raise ConfigError("adaptor_n_layers must be >= 0 and adaptor_kernel_size, adaptor_stride >= 1")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ConfigError(f"{name} {getattr(self, name)} is outside the vocabulary (size {self.vocab_size})")
+
+    @property
+    def adapter_dim(self) -> int:
+        """Width of the adapter's convolutions and output (HF output_hidden_size)."""
+        return self.adaptor_proj_dim or self.encoder.encoder_embed_dim
+
+    @property
+    def frame_stride(self) -> int:
+        """Samples per encoder output frame after the adapter (320 * 2**3 = 2560 = 160 ms for the published models)."""
+        return self.encoder.frame_stride * self.adaptor_stride**self.adaptor_n_layers
+
+    def replace(self, **changes: Any) -> SpeechTranslationConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["encoder"] = self.encoder.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SpeechTranslationConfig:
+        d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise ConfigError(f"config family {family!r} is not {cls.family!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown speech-translation config keys: {', '.join(unknown)}")
+        if isinstance(d.get("encoder"), dict):
+            d["encoder"] = ModelConfig.from_dict(d["encoder"])
+        return cls(**d)
+
+
+def _st(encoder: ModelConfig, **changes: Any) -> SpeechTranslationConfig:
+    """The published XLS-R speech-translation layout (arXiv 2111.09296 section 4.4; facebook/wav2vec2-xls-r-*-to-*):
+    the fine-tuned XLS-R encoder, a 3-layer adapter (kernel 3, stride 2), mBART-50's decoder (12 x 1024, 16
+    heads, FFN 4096, 250054 tokens, ReLU, scaled embeddings)."""
+    return SpeechTranslationConfig(encoder=encoder.replace(head="none"), **changes)
+
+
+PRESETS.update(
+    {
+        "xlsr-300m-st": lambda: _st(PRESETS["xlsr-300m"]()),
+        "xlsr-1b-st": lambda: _st(PRESETS["xlsr-1b"](), adaptor_proj_dim=1024),  # 1280 -> 1024
+        "xlsr-2b-st": lambda: _st(PRESETS["xlsr-2b"](), adaptor_proj_dim=1024),  # 1920 -> 1024
+        "tiny-st": lambda: _st(
+            PRESETS["tiny"](),
+            decoder_layers=2,
+            decoder_embed_dim=32,
+            decoder_ffn_embed_dim=64,
+            decoder_attention_heads=4,
+            vocab_size=64,
+        ),
+    }
+)

@@ -1,8 +1,24 @@
 """Datasets and batching for training.
 
-Dataset item (a dict): `audio` (S,) float32 normalised waveform, `index`, `epoch`, and what the manifest
-says (`lang`, `text`, ...). A collated batch (see the tasks) is a dict with a legend:
-    audio: (B, S) float   audio_lens: (B,) long   targets: (B, L) long   target_lens: (B,) long   lang: list[str]
+Dataset item (a dict): `audio` (S,) float32 normalised waveform, `index`, `epoch`, `utterance` (the
+manifest row: `path`, `samples`, `lang`, `text`, other columns), `training`. An utterance whose audio
+cannot be decoded gives an item with `error` (the one-line reason) instead of `audio`; `ReadableOnly`
+leaves it out of its batch.
+
+A collated batch is a dict. Its keys, by task (B utterances, S samples, T frames, D model dim, N masked
+frames, K negatives, L target tokens of the whole batch):
+    every task:
+        audio: (B, S) float                  audio_lens: (B,) long samples (None in pretraining if unpadded)
+        sample_size: int, the loss's units   audio_seconds: float
+        unreadable: list of (path, reason), added by `ReadableOnly`
+            (a batch none of whose audio could be read is only {unreadable, empty: True})
+    pretraining:
+        mask: (B, T) bool, True = masked     negatives: (N, K) long      noise_seed: int
+    CTC:
+        targets: (L,) long, concatenated     target_lens: (B,) long      texts: list[str]
+        time_mask: (B, T) bool or None       channel_mask: (B, D) bool or None
+    classification:
+        labels: (B,) long                    time_mask, channel_mask: as for CTC
 
 The sampler (`BatchSampler`) is separate from the dataset: it orders utterances by (cropped) length,
 packs them into batches bounded by `max_tokens` (longest x count, as fairseq's batch_by_size),
@@ -13,7 +29,7 @@ processes. Everything random derives from (seed, epoch, index), so a resumed run
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,10 +82,29 @@ class AudioDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, epoch = key
         u = self.utterances[index]
-        audio = load_audio(u.path, self.preprocessing.sample_rate)
+        item = {"index": index, "epoch": epoch, "utterance": u, "training": self.training}
+        try:
+            audio = load_audio(u.path, self.preprocessing.sample_rate)
+        except XlsrError as e:  # a file that passed the up-front check (or skipped it) but does not decode
+            return {**item, "error": str(e)}
         if self.preprocessing.do_normalize:  # over the whole utterance, then cropped (as fairseq)
             audio = normalize(torch.from_numpy(audio)[None], eps=self.preprocessing.normalize_eps)[0].numpy()
-        return {"audio": audio, "index": index, "epoch": epoch, "utterance": u, "training": self.training}
+        return {"audio": audio, **item}
+
+
+class ReadableOnly:
+    """A task's `collate` over the items whose audio could be read; the others are listed in the batch's
+    `unreadable` as (path, reason). A batch with no readable item is `{"unreadable": [...], "empty": True}`."""
+
+    def __init__(self, collate: Callable[[list[dict]], dict]):
+        self.collate = collate
+
+    def __call__(self, items: list[dict]) -> dict:
+        good = [it for it in items if "error" not in it]
+        bad = [(str(it["utterance"].path), it["error"]) for it in items if "error" in it]
+        if not good:
+            return {"unreadable": bad, "empty": True}
+        return {**self.collate(good), "unreadable": bad}
 
 
 def dropped_counts(ds: AudioDataset) -> dict[str, int]:

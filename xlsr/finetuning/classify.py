@@ -26,21 +26,21 @@ from ..data.dataset import AudioDataset, BatchSampler, crop_and_pad, dropped_cou
 from ..data.manifest import read_manifest
 from ..errors import DataError
 from ..models import Wav2Vec2Model
-from ..models.feature_encoder import conv_output_lengths
 from ..training.config import Scheduler, build_config
 from ..training.distributed import World
 from ..training.logging import log
+from ..training.masking import batch_generator
 from ..training.trainer import StepOutput, Trainer
-from .common import FinetuneConfig, FinetuneTask, batch_generator, build_finetune_model, encode_batch, spec_augment
+from .common import FinetuneConfig, FinetuneTask, build_finetune_model, encode_batch, spec_augment
 
 
 @dataclass
 class ClassifyConfig(FinetuneConfig):
-    label_column: str = "lang"
+    label_column: str = "lang"  # the manifest column holding the labels
     crop_seconds: float = 6.0  # training crops
     balanced: bool = False  # class-balanced sampling
-    weighted_layer_sum: bool = False
-    classifier_proj_size: int = 256
+    weighted_layer_sum: bool = False  # a learned softmax-weighted sum of the hidden states (HF use_weighted_layer_sum)
+    classifier_proj_size: int = 256  # the projection before the mean over frames
     lr: float = 1e-4
     lr_scheduler: Scheduler = "polynomial_decay"
     warmup_updates: int = 2000
@@ -56,10 +56,8 @@ class ClassificationTask(FinetuneTask):
     maximize = True
 
     def __init__(self, cfg: ClassifyConfig, train, valid, init: str):
-        super().__init__(cfg, train, valid)
-        self.init = init
+        super().__init__(cfg, train, valid, init)
         self.labels: tuple[str, ...] = ()
-        self.dropped: dict[str, dict[str, int]] = {}
 
     def build_model(self) -> Wav2Vec2Model:
         cfg: ClassifyConfig = self.cfg
@@ -74,7 +72,7 @@ class ClassificationTask(FinetuneTask):
         if keep:
             log.info("%s already classifies these labels: its head is fine-tuned further", self.init)
         log.info("%d labels (%s): %s", len(self.labels), cfg.label_column, " ".join(self.labels))
-        return build_finetune_model(self.init, cfg, start=start, keep_head=keep, head="classification",
+        return build_finetune_model(start, cfg, keep_head=keep, head="classification",
                                     labels=self.labels, use_weighted_layer_sum=cfg.weighted_layer_sum,
                                     classifier_proj_size=cfg.classifier_proj_size)  # fmt: skip
 
@@ -105,7 +103,7 @@ class ClassificationTask(FinetuneTask):
         cfg: ClassifyConfig = self.cfg
         training = items[0]["training"]
         audio, lengths = crop_and_pad(items, self.crop if training else cfg.max_sample_size, True, cfg.seed)
-        frames = conv_output_lengths(lengths, [(k, s) for _, k, s in self.model_cfg.conv_feature_layers])
+        frames = self.model_cfg.num_frames(lengths)
         time_mask = channel_mask = None
         if training:
             g = batch_generator(cfg.seed, items[0]["epoch"], [it["index"] for it in items])

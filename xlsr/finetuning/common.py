@@ -11,16 +11,16 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..checkpoints import load_model
-from ..config import ModelConfig
+from ..errors import ConfigError
 from ..models import Wav2Vec2Model
 from ..models.wav2vec2 import EncoderOutput
-from ..pretraining.masking import compute_mask
 from ..training.config import Scheduler, TrainConfig
+from ..training.initialize import init_from
 from ..training.logging import log
+from ..training.masking import compute_mask
 from ..training.trainer import Task
 
 
@@ -40,17 +40,25 @@ class FinetuneConfig(TrainConfig):
     save_interval_updates: int = 500
     freeze_finetune_updates: int = 10_000  # only the new head trains for this many updates
     freeze_feature_encoder: bool = True  # fairseq feature_grad_mult 0.0; transformers freeze_feature_encoder()
-    apply_mask: bool = True
+    apply_mask: bool = True  # SpecAugment-style time and channel masking in training
     mask_prob: float = 0.75  # time masking (replaced by the learned mask embedding)
-    mask_length: int = 10
+    mask_length: int = 10  # frames per time span
     mask_channel_prob: float = 0.25  # channel masking (zeroed)
-    mask_channel_length: int = 64
-    layerdrop: float = 0.1
+    mask_channel_length: int = 64  # channels per span (at most half the model dim)
+    layerdrop: float = 0.1  # probability of skipping a Transformer block in training (model.encoder_layerdrop)
     dropout: float = 0.0  # fairseq wav2vec_ctc: dropout, attention_dropout 0.0, activation_dropout 0.1
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.1
-    final_dropout: float = 0.0
-    patience: int = 0  # stop after this many validations without a better best metric (0: never)
+    attention_dropout: float = 0.0  # on the attention weights
+    activation_dropout: float = 0.1  # inside the feed-forward blocks
+    final_dropout: float = 0.0  # before the head
+
+    def check(self) -> None:
+        super().check()
+        if 0 < self.freeze_finetune_updates >= self.max_update:
+            raise ConfigError(
+                f"freeze_finetune_updates={self.freeze_finetune_updates} is not below max_update={self.max_update}: "
+                "only the new head would ever train; lower freeze_finetune_updates (fairseq's XLS-R recipe: "
+                "10000 of 20000 updates) or raise max_update"
+            )
 
     def model_changes(self) -> dict:
         """The fine-tuning regularisation, as ModelConfig changes (then `model.*` overrides)."""
@@ -65,18 +73,13 @@ class FinetuneConfig(TrainConfig):
 
 
 def build_finetune_model(
-    init: str, cfg: FinetuneConfig, start: Wav2Vec2Model | None = None, keep_head: bool = False, **head: object
+    start: Wav2Vec2Model | str, cfg: FinetuneConfig, keep_head: bool = False, **head: object
 ) -> Wav2Vec2Model:
-    """The encoder of any model xlsr reads (`start`, if already loaded from `init`), with a new head (`head`:
+    """The encoder of any model xlsr reads (`start`: the model, or a path to it) with a new head (`head`:
     ModelConfig changes such as head, vocab_size, labels), initialised as the Hugging Face classes do theirs
     (normal, std 0.02, zero bias); `keep_head` keeps the model's own head (fine-tuning it further)."""
-    start = start if start is not None else load_model(init)
-    state = {k: v for k, v in start.state_dict().items() if keep_head or not k.startswith("head.")}
-    model_cfg: ModelConfig = start.cfg.replace(**head, **cfg.model_changes())
-    model = Wav2Vec2Model(model_cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("head.") for k in missing) or (keep_head and missing):
-        raise AssertionError(f"encoder weights do not fit: missing {missing}, unexpected {unexpected}")
+    start = start if isinstance(start, torch.nn.Module) else load_model(start)
+    model = init_from(start, {**head, **cfg.model_changes()}, keep_head)
     if not keep_head:
         for module in model.head.modules():
             if isinstance(module, torch.nn.Linear):
@@ -85,9 +88,8 @@ def build_finetune_model(
     if cfg.freeze_feature_encoder:
         for p in model.feature_encoder.parameters():
             p.requires_grad_(False)
-    model.preprocessing, model.source = start.preprocessing, start.source
     if start.cfg.head == "pretraining":
-        log.info("%s: the quantizer and contrastive projections are dropped", init)
+        log.info("%s: the quantizer and contrastive projections are dropped", start.source)
     return model
 
 
@@ -121,15 +123,13 @@ class FinetuneTask(Task):
 
     may_skip_parameters = True  # a frozen encoder, layer drop
 
+    def __init__(self, cfg: FinetuneConfig, train, valid, init: str):
+        super().__init__(cfg, train, valid)
+        self.init = init
+
     def before_update(self, model: Wav2Vec2Model, update: int) -> None:
         """Which blocks layer drop skips follows (seed, update): the same on every process, and after a resume."""
         model.encoder.layerdrop_generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + update)
-
-
-def batch_generator(seed: int, epoch: int, indices: list[int]) -> torch.Generator:
-    """Randomness for one batch, fixed by (seed, epoch, utterances): a resumed run draws the same masks."""
-    key = [seed, epoch, *sorted(indices)]
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
 
 def spec_augment(

@@ -14,6 +14,7 @@ update is divided by its number of utterances; `sentence_avg=false` divides by t
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,23 +27,16 @@ import torch.nn.functional as F
 from ..checkpoints import load_model, save_hf_dir
 from ..data.dataset import AudioDataset, BatchSampler, evaluation_sampler
 from ..data.manifest import read_manifest
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models import Wav2Vec2Model
-from ..models.feature_encoder import conv_output_lengths
 from ..text.ctc_tokenizer import CTCTokenizer
 from ..text.normalize import TextNormalization, normalize_text
 from ..training.config import build_config
 from ..training.distributed import World
 from ..training.logging import log
+from ..training.masking import batch_generator
 from ..training.trainer import StepOutput, Trainer
-from .common import (
-    FinetuneConfig,
-    FinetuneTask,
-    batch_generator,
-    build_finetune_model,
-    encode_batch,
-    spec_augment,
-)
+from .common import FinetuneConfig, FinetuneTask, build_finetune_model, encode_batch, spec_augment
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 DELIMITERS = ("|", "▁", "¦", "\u2423")  # the first that is not a character of the transcripts
@@ -52,9 +46,10 @@ DELIMITERS = ("|", "▁", "¦", "\u2423")  # the first that is not a character o
 class CTCConfig(FinetuneConfig):
     sentence_avg: bool = True  # loss per utterance (fairseq XLS-R configs); false: per target token
     lowercase: bool = True  # text normalisation before the vocabulary is built and WER is scored
-    remove_punctuation: bool = True
+    remove_punctuation: bool = True  # before the vocabulary is built and WER is scored
     blank_warning_updates: int = 2000  # warn when the output has been blanks only for this many updates
     best_checkpoint_metric: Literal["wer", "cer", "loss"] = "wer"  # fairseq's name: the figure that picks DIR/best
+    new_vocab: bool = False  # a vocabulary from the training transcripts (and a new head) even if --init is CTC
 
     def normalization(self) -> TextNormalization:
         return TextNormalization(lowercase=self.lowercase, remove_punctuation=self.remove_punctuation)
@@ -86,12 +81,14 @@ class CTCTask(FinetuneTask):
     name = "ctc"
 
     def __init__(self, cfg: CTCConfig, train, valid, init: str, vocab: str | None = None):
-        super().__init__(cfg, train, valid)
+        super().__init__(cfg, train, valid, init)
+        if vocab and cfg.new_vocab:
+            raise ConfigError("new_vocab=true builds the vocabulary from the training transcripts: drop --vocab")
         self.best_metric = cfg.best_checkpoint_metric
-        self.init, self.vocab_path = init, vocab
+        self.vocab_path = vocab
+        self.vocab_origin = "training"  # where the vocabulary comes from: "training", "vocab" or "init"
         self.norm = cfg.normalization()
         self.tokenizer: CTCTokenizer | None = None
-        self.dropped: dict[str, dict[str, int]] = {}
         self.blank_since: int | None = None
         self.blank_warned = False
 
@@ -99,22 +96,22 @@ class CTCTask(FinetuneTask):
         return normalize_text(u.text or "", self.norm)
 
     def build_model(self) -> Wav2Vec2Model:
+        cfg: CTCConfig = self.cfg
         start = load_model(self.init)
-        keep_head = start.cfg.head == "ctc" and start.tokenizer is not None and self.vocab_path is None
+        keep_head = start.cfg.head == "ctc" and start.tokenizer is not None and not (self.vocab_path or cfg.new_vocab)
         if self.vocab_path:
-            self.tokenizer = read_vocab(self.vocab_path)
+            self.tokenizer, self.vocab_origin = read_vocab(self.vocab_path), "vocab"
         elif keep_head:
-            self.tokenizer = start.tokenizer
-            log.info("%s is a CTC model: its vocabulary and head are fine-tuned further", self.init)
+            self.tokenizer, self.vocab_origin = start.tokenizer, "init"
+            log.info("%s is a CTC model: its vocabulary and head are fine-tuned further (new_vocab=true for a new "
+                     "vocabulary from the training transcripts)", self.init)  # fmt: skip
         else:
             texts = [self.text(u) for u in read_manifest(self.train_manifest) if u.text]
             if not texts:
                 raise DataError(f"{self.train_manifest}: no transcripts (a 'text' column is needed)")
             self.tokenizer = build_vocab(texts)
             log.info("vocabulary: %d tokens: %s", len(self.tokenizer), " ".join(self.tokenizer.tokens[4:]))
-        model = build_finetune_model(
-            self.init, self.cfg, start=start, keep_head=keep_head, head="ctc", vocab_size=len(self.tokenizer)
-        )
+        model = build_finetune_model(start, cfg, keep_head=keep_head, head="ctc", vocab_size=len(self.tokenizer))
         model.tokenizer = self.tokenizer
         return model
 
@@ -123,9 +120,9 @@ class CTCTask(FinetuneTask):
         ds = AudioDataset(read_manifest(manifest), model.preprocessing, cfg.min_sample_size)
         ds.training = training
         counts = {"no text": 0, "longer than max_sample_size": 0, "label longer than the frames": 0}
-        frames = conv_output_lengths(torch.from_numpy(ds.sizes), [(k, s) for _, k, s in model.cfg.conv_feature_layers])
+        frames = model.cfg.num_frames(torch.from_numpy(ds.sizes))
         keep = np.ones(len(ds), dtype=bool)
-        unknown = 0
+        unknown: Counter[str] = Counter()
         for i, (u, size, n) in enumerate(zip(ds.utterances, ds.sizes, frames.tolist())):
             text = self.text(u)
             if not text:
@@ -136,7 +133,7 @@ class CTCTask(FinetuneTask):
                 keep[i] = False
             else:
                 ids = self.tokenizer.encode(text)
-                unknown += ids.count(self.tokenizer.index[self.tokenizer.unk_token])
+                unknown.update(self._unknown_characters(text))
                 if not ctc_feasible(ids, n):
                     counts["label longer than the frames"] += 1
                     keep[i] = False
@@ -148,9 +145,31 @@ class CTCTask(FinetuneTask):
             "unreadable": ds.dropped_unreadable,
         }
         if unknown:
-            log.warning("%s: %d characters are not in the vocabulary and map to %s", manifest, unknown,
-                        self.tokenizer.unk_token)  # fmt: skip
+            log.warning("%s", self._unknown_message(manifest, unknown, training))
         return ds
+
+    def _unknown_characters(self, text: str) -> list[str]:
+        """The characters of `text` that the tokenizer maps to its unknown token."""
+        tok = self.tokenizer
+        cased = (lambda c: c.upper()) if tok.do_lower_case else (lambda c: c)  # noqa: E731
+        return [c for c in text if c != " " and any(t not in tok.index for t in cased(c))]
+
+    def _unknown_message(self, manifest, unknown: Counter[str], training: bool, shown: int = 20) -> str:
+        """One line: how many characters the vocabulary lacks, which (the most frequent first), and the fix."""
+        chars = ", ".join(f"{c!r} x{n}" for c, n in unknown.most_common(shown))
+        more = f" and {len(unknown) - shown} more kinds" if len(unknown) > shown else ""
+        fix = {
+            "vocab": "drop --vocab to build a vocabulary from the training transcripts",
+            "init": "--set new_vocab=true builds a vocabulary from the training transcripts (and a new CTC head)",
+            "training": "the training transcripts do not have them, so no vocabulary built from them can; "
+            "check the validation text, or lowercase / remove_punctuation",
+        }[self.vocab_origin]
+        if self.vocab_origin != "training" and not training:
+            fix += " (if the training transcripts have them)"
+        return (
+            f"{manifest}: {sum(unknown.values())} characters are not in the vocabulary and map to "
+            f"{self.tokenizer.unk_token}: {chars}{more}; {fix}"
+        )
 
     def datasets(self, model: Wav2Vec2Model, world: World):
         cfg: CTCConfig = self.cfg
@@ -172,7 +191,7 @@ class CTCTask(FinetuneTask):
         ids = [self.tokenizer.encode(t) for t in texts]
         target_lens = torch.tensor([len(x) for x in ids])
         targets = torch.tensor([i for x in ids for i in x], dtype=torch.long)
-        frames = conv_output_lengths(lengths, [(k, s) for _, k, s in self.model_cfg.conv_feature_layers])
+        frames = self.model_cfg.num_frames(lengths)
         time_mask = channel_mask = None
         if items[0]["training"]:
             g = batch_generator(cfg.seed, items[0]["epoch"], [it["index"] for it in items])

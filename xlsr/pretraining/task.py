@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..checkpoints import load_model
@@ -14,13 +13,13 @@ from ..config import preset as get_preset
 from ..data.dataset import AudioDataset, BatchSampler, crop_and_pad, dropped_counts, evaluation_sampler
 from ..data.manifest import read_manifest
 from ..models import Wav2Vec2Model
-from ..models.feature_encoder import conv_output_lengths
 from ..training.config import TrainConfig, build_config
 from ..training.distributed import World
+from ..training.initialize import init_from
 from ..training.logging import log
+from ..training.masking import batch_generator, compute_mask
 from ..training.trainer import StepOutput, Task, Trainer
 from .losses import pretraining_forward
-from .masking import compute_mask
 from .negatives import sample_negatives
 
 # fairseq's pretraining configs per layout (wav2vec2_base_librispeech.yaml, wav2vec2_large_librivox.yaml, XLS-R)
@@ -33,14 +32,14 @@ LAYOUT_DEFAULTS = {
 @dataclass
 class PretrainConfig(TrainConfig):
     preset: str = "xlsr-300m"  # model shape when starting from scratch (ignored with --init)
-    mask_prob: float = 0.65
-    mask_length: int = 10
+    mask_prob: float = 0.65  # share of frames that start a masked span (about 49% end up masked)
+    mask_length: int = 10  # frames per span
     min_masks: int = 2  # at least this many spans per utterance
-    num_negatives: int = 100
+    num_negatives: int = 100  # distractors per masked frame, from the same utterance's masked frames
     # None: fairseq's value for the model's layout (LAYOUT_DEFAULTS)
-    latent_temp: tuple[float, float, float] | None = None  # Gumbel temperature: (start, end, decay per update)
+    latent_temp: tuple[float, float, float] | None = None  # Gumbel temperature (start, end, decay per update)
     loss_weights: tuple[float, float] | None = None  # (diversity, feature penalty)
-    feature_grad_mult: float | None = None
+    feature_grad_mult: float | None = None  # scales the feature encoder's gradient
     sampling_alpha: float = 0.5  # language sampling p_l ~ (n_l / N)^alpha (XLS-R); 1.0 = as the data comes
 
 
@@ -56,18 +55,14 @@ class PretrainTask(Task):
         cfg: PretrainConfig = self.cfg
         if self.init:
             start = load_model(self.init)
-            state = {k: v for k, v in start.state_dict().items()}
-            model_cfg = start.cfg.replace(**cfg.model)
-            if start.cfg.head != "pretraining":
+            keep_head = start.cfg.head == "pretraining"
+            new_head = {} if keep_head else {"head": "pretraining", "vocab_size": 0, "labels": ()}
+            if not keep_head:
                 log.warning("%s has no pretraining head: a new quantizer and projections are initialised", self.init)
-                state = {k: v for k, v in state.items() if not k.startswith("head.")}
-                model_cfg = model_cfg.replace(head="pretraining", vocab_size=0, labels=())
-            model = Wav2Vec2Model(model_cfg)
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
-            model.preprocessing = start.preprocessing
+            model = init_from(start, {**cfg.model, **new_head}, keep_head)
         else:
             model = Wav2Vec2Model(get_preset(cfg.preset, head="pretraining").replace(**cfg.model))
+        self.may_skip_parameters = model.cfg.encoder_layerdrop > 0  # DDP: a dropped block has no gradient
         layout = LAYOUT_DEFAULTS[model.cfg.extractor_mode]
         for key, value in layout.items():  # resolve the layout's defaults, so config.yaml shows them
             if getattr(cfg, key) is None:
@@ -79,7 +74,7 @@ class PretrainTask(Task):
         self.model_cfg, pre = model.cfg, model.preprocessing
         self.sample_rate = pre.sample_rate
         train = AudioDataset(read_manifest(self.train_manifest), pre, cfg.min_sample_size)
-        self.dropped = {"train": dropped_counts(train)}
+        self.dropped["train"] = dropped_counts(train)
         sampler = BatchSampler(
             train.sizes,
             cfg.max_tokens,
@@ -101,9 +96,8 @@ class PretrainTask(Task):
     def collate(self, items: list[dict]) -> dict:
         cfg: PretrainConfig = self.cfg
         audio, lengths = crop_and_pad(items, cfg.max_sample_size, cfg.pad, cfg.seed)
-        frames = conv_output_lengths(lengths, [(k, s) for _, k, s in self.model_cfg.conv_feature_layers])
-        key = [cfg.seed, items[0]["epoch"], *sorted(it["index"] for it in items)]
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        frames = self.model_cfg.num_frames(lengths)
+        g = batch_generator(cfg.seed, items[0]["epoch"], [it["index"] for it in items])
         mask = compute_mask(frames, int(frames.max()), cfg.mask_prob, cfg.mask_length, cfg.min_masks, g)
         negatives = sample_negatives(mask, cfg.num_negatives, g)
         padded = bool((lengths < audio.shape[1]).any())

@@ -63,7 +63,9 @@ def all_reduce_sum(values: list[float], world: World) -> list[float]:
 
 
 def wrap(model: nn.Module, world: World, fsdp: bool, find_unused: bool, bf16: bool) -> nn.Module:
-    """DDP, or fully_shard applied to each Transformer block and then to the whole model."""
+    """DDP, or fully_shard applied to each unit the network names (`fsdp_units()`: its Transformer blocks,
+    say; without it, `encoder.layers`) and then to the whole model. `model` is the trainer's step module,
+    whose `.model` is the network."""
     if not world.distributed:
         return model
     if fsdp:
@@ -71,8 +73,10 @@ def wrap(model: nn.Module, world: World, fsdp: bool, find_unused: bool, bf16: bo
 
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
         kwargs = {"mp_policy": policy} if policy else {}
-        for layer in model.model.encoder.layers:  # model: the trainer's step module around the network
-            fully_shard(layer, **kwargs)
+        net = model.model
+        units = net.fsdp_units() if hasattr(net, "fsdp_units") else net.encoder.layers
+        for unit in units:
+            fully_shard(unit, **kwargs)
         fully_shard(model, **kwargs)
         return model
     ids = [world.device.index] if world.device.type == "cuda" else None

@@ -30,3 +30,30 @@ def lr_at(update: int, cfg: TrainConfig) -> float:
             return cfg.lr * (final / cfg.lr) ** ((update - warmup - hold) / max(decay, 1))
         return final
     raise ConfigError(f"lr_scheduler must be polynomial_decay, tri_stage or fixed, not {cfg.lr_scheduler!r}")
+
+
+# The options each schedule reads (the others are ignored by it).
+SCHEDULE_OPTIONS = {
+    "polynomial_decay": ("warmup_updates", "end_learning_rate", "power"),
+    "tri_stage": ("phase_ratio", "init_lr_scale", "final_lr_scale"),
+    "fixed": (),
+}
+
+
+def ignored_options(cfg: TrainConfig) -> list[str]:
+    """One warning per schedule option that was changed from its default but that the chosen schedule does
+    not read (say `warmup_updates` under `tri_stage`, whose warm-up is a share of max_update)."""
+    defaults = type(cfg)()
+    used = SCHEDULE_OPTIONS[cfg.lr_scheduler]
+    out = []
+    for schedule, options in SCHEDULE_OPTIONS.items():
+        for key in options:
+            value = getattr(cfg, key)
+            if key in used or value == getattr(defaults, key):
+                continue
+            hint = f"it is a {schedule} option"
+            if key == "warmup_updates" and cfg.lr_scheduler == "tri_stage":
+                warmup = int(cfg.phase_ratio[0] * cfg.max_update)
+                hint = f"tri_stage warms up for phase_ratio[0] x max_update = {warmup} updates; set phase_ratio"
+            out.append(f"{key}={value} has no effect under lr_scheduler={cfg.lr_scheduler} ({hint})")
+    return out

@@ -8,10 +8,14 @@ named stages: `build`, `resume`, `train_step`, `evaluate`, `save`, `run`.
   micro-batches (`update_freq`) and all processes, so 2 processes x 1 micro-batch train the same model as
   1 process x 2 micro-batches.
 - A non-finite loss or gradient skips the update (counted); `max_nonfinite_updates` in a row stop the run.
-- Checkpoints are written atomically: `checkpoint_last.pt` (always), `checkpoint_<update>.pt` (the last
-  `keep_interval_updates`), `checkpoint_best.pt`. Re-running the same command resumes from
-  `checkpoint_last.pt` exactly: model, optimizer, loss scaler, every process's RNG state, update count and
-  data position (masks, negatives, crops and Gumbel noise derive from the seed and the data position).
+- An audio file that cannot be decoded is left out of its batch, named once in the log and counted; more
+  than `max_bad_samples` of them stop the run.
+- Checkpoints (`state.py`) are written atomically: `checkpoint_last.pt` (always), `checkpoint_<update>.pt`
+  (the last `keep_interval_updates`), `checkpoint_best.pt`. Re-running the same command resumes from
+  `checkpoint_last.pt` exactly: model, optimizer, loss scaler, every process's RNG state and data position,
+  update count (masks, negatives, crops and Gumbel noise derive from the seed and the data position).
+- Nothing here knows the model class: a task builds it; the trainer needs `cfg` (with `to_dict`),
+  `from_state_dict`, `set_gradient_checkpointing` and `num_parameters`, and shards `fsdp_units()` if it has them.
 """
 
 from __future__ import annotations
@@ -26,20 +30,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from ..checkpoints import checkpoint_dict
-from ..checkpoints.io import atomic_torch_save, atomic_write_text, safe_torch_load
+from ..checkpoints.io import atomic_write_text
+from ..data.dataset import ReadableOnly
 from ..errors import ConfigError, XlsrError
-from ..models import Wav2Vec2Model
 from ..runtime import progress
+from . import state as ckpt
 from .config import TrainConfig, to_yaml
 from .distributed import World, all_reduce_sum, finish_world, init_world, wrap
 from .logging import MetricsLogger, log, setup_console_logging
-from .schedule import lr_at
+from .schedule import ignored_options, lr_at
 
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = ckpt.CHECKPOINTS
 
 
 @dataclass
@@ -54,14 +58,16 @@ class Task:
     name = "task"
     best_metric = "loss"  # from `summarize`; lower is better unless `maximize`
     maximize = False
+    may_skip_parameters = False  # some parameters may get no gradient in a step (layer drop): DDP's find_unused
 
     def __init__(self, cfg: TrainConfig, train: str | Path, valid: str | Path | None):
         self.cfg, self.train_manifest, self.valid_manifest = cfg, train, valid
+        self.dropped: dict[str, dict[str, int]] = {}  # split -> reason -> utterances left out (for the log)
 
-    def build_model(self) -> Wav2Vec2Model:
+    def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
-    def datasets(self, model: Wav2Vec2Model, world: World):
+    def datasets(self, model: torch.nn.Module, world: World):
         """-> (train dataset, train sampler, valid dataset or None, valid sampler or None)."""
         raise NotImplementedError
 
@@ -72,7 +78,7 @@ class Task:
     def forward(self, model: torch.nn.Module, batch: dict, update: int) -> StepOutput:
         raise NotImplementedError
 
-    def before_update(self, model: Wav2Vec2Model, update: int) -> None:
+    def before_update(self, model: torch.nn.Module, update: int) -> None:
         """Schedules that depend on the update (Gumbel temperature, freezing)."""
 
     def summarize(self, stats: dict[str, float]) -> dict[str, float]:
@@ -82,15 +88,15 @@ class Task:
     def check(self, metrics: dict[str, float], update: int) -> None:
         """Warnings about a run's health (codebook collapse, blank-only output)."""
 
-    def on_best(self, model: Wav2Vec2Model, out_dir: Path) -> None:
+    def on_best(self, model: torch.nn.Module, out_dir: Path) -> None:
         """Called on the main process when validation finds a new best model."""
 
     def describe_data(self, train_set, valid_set) -> None:
-        """Logs what was dropped and why (`self.dropped`: split -> reason -> count); an empty split is an error."""
+        """Logs what was dropped and why (`self.dropped`); an empty split is an error."""
         for name, ds in (("train", train_set), ("valid", valid_set)):
             if ds is None:
                 continue
-            for reason, n in getattr(self, "dropped", {}).get(name, {}).items():
+            for reason, n in self.dropped.get(name, {}).items():
                 if n:
                     log.warning("%s: %d utterances dropped: %s", name, n, reason)
             if not len(ds):
@@ -100,7 +106,7 @@ class Task:
 class _Step(torch.nn.Module):
     """The task's loss as a module's forward, so that DDP / FSDP see every training step go through them."""
 
-    def __init__(self, task: Task, model: Wav2Vec2Model):
+    def __init__(self, task: Task, model: torch.nn.Module):
         super().__init__()
         self.model = model
         self.task = task
@@ -119,16 +125,20 @@ class Trainer:
         self.best: float | None = None
         self.stale = 0  # validations since the best one (early stopping: `patience`)
         self.nonfinite_total = self.nonfinite_run = 0
+        self.unreadable: set[str] = set()  # audio files this process could not decode (each named once)
+        self.unreadable_total = 0  # over all processes
         self.elapsed = 0.0
+        self.resumed = False  # whether `resume` found a checkpoint
         self.window: dict[str, float] = defaultdict(float)  # stats since the last log line
 
     # -- build ----------------------------------------------------------------------------------
     def build(self) -> None:
         cfg = self.cfg
+        cfg.check()  # before anything is loaded
         self.world = world = init_world(cfg.device)
         setup_console_logging(self.quiet or not world.is_main)
-        if cfg.update_freq < 1 or cfg.max_update < 0:
-            raise ConfigError("update_freq must be >= 1 and max_update >= 0")
+        for warning in ignored_options(cfg):
+            log.warning(warning)
         self.precision = self._precision()
         torch.manual_seed(cfg.seed)  # the same initial weights on every process (fully_shard does not broadcast)
         self.model = self.task.build_model().to(world.device)
@@ -136,6 +146,7 @@ class Trainer:
         self.model.set_gradient_checkpointing(cfg.checkpoint_activations)
         self.train_set, self.sampler, self.valid_set, self.valid_sampler = self.task.datasets(self.model, world)
         self.task.describe_data(self.train_set, self.valid_set)
+        self.collate = ReadableOnly(self.task.collate)
         self.scaler = torch.amp.GradScaler(world.device.type) if self.precision == "fp16" else None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.logger = MetricsLogger(self.out_dir, enabled=world.is_main)
@@ -154,39 +165,35 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.world.device.type, dtype=dtype)
 
+    @property
+    def sharded(self) -> bool:
+        return self.cfg.fsdp and self.world.distributed
+
+    def wrap(self) -> None:
+        """The step module, under DDP or FSDP, and AdamW over its parameters (fully_shard replaces them)."""
+        cfg = self.cfg
+        self.step = wrap(_Step(self.task, self.model), self.world, cfg.fsdp, find_unused=self._find_unused(),
+                         bf16=self.precision == "bf16")  # fmt: skip
+        params = [p for p in self.step.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                           weight_decay=cfg.weight_decay)  # fmt: skip
+
+    def _find_unused(self) -> bool:
+        frozen = any(not p.requires_grad for p in self.model.parameters())
+        return frozen or self.task.may_skip_parameters
+
     # -- checkpoints ----------------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.out_dir / CHECKPOINTS
-
-    def _model_state(self) -> dict[str, Tensor]:
-        if self.cfg.fsdp and self.world.distributed:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            state = get_model_state_dict(self.step, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            return {k.removeprefix("model."): v for k, v in state.items()}
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-
-    def _optimizer_state(self) -> dict:
-        if self.cfg.fsdp and self.world.distributed:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            return get_optimizer_state_dict(
-                self.step, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-            )
-        return self.optimizer.state_dict()
+        return self.out_dir / ckpt.CHECKPOINTS
 
     def save(self, names: list[str]) -> dict[str, Tensor]:
         """Writes the training state under each of `names` (every process takes part; the main one writes).
         Returns the whole model's weights (on the main process)."""
-        model_state, optim_state = self._model_state(), self._optimizer_state()
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        rngs = [rng]
-        if self.world.distributed:
-            rngs = [None] * self.world.size
-            dist.all_gather_object(rngs, rng)
+        model_state = ckpt.model_state(self.step, self.model, self.sharded)
+        optim_state = ckpt.optimizer_state(self.step, self.optimizer, self.sharded)
+        mine = {"rng": ckpt.rng_state(), "epoch": self.epoch, "position": self.position, "unreadable": self.unreadable}
+        every = ckpt.gather(mine, self.world)
         if not self.world.is_main:
             return model_state
         state = checkpoint_dict(self.model)
@@ -199,104 +206,47 @@ class Trainer:
             position=self.position,
             optimizer=optim_state,
             world_size=self.world.size,
-            rng=rngs,
+            rng=[p["rng"] for p in every],
+            data=[{"epoch": p["epoch"], "position": p["position"]} for p in every],
             scaler=self.scaler.state_dict() if self.scaler else None,
             best=self.best,
             stale=self.stale,
             elapsed=self.elapsed,
             nonfinite_total=self.nonfinite_total,
+            unreadable=sorted(set().union(*(p["unreadable"] for p in every))),
         )
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            atomic_torch_save(state, self.checkpoint_dir / name)
-        steps = sorted(self.checkpoint_dir.glob("checkpoint_[0-9]*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        for old in steps[: max(len(steps) - self.cfg.keep_interval_updates, 0)]:
-            old.unlink()
+        ckpt.write_checkpoint(self.checkpoint_dir, names, state, self.cfg.keep_interval_updates)
         return model_state
 
-    def _plain_model(self, state: dict[str, Tensor]) -> Wav2Vec2Model:
-        """The network with ordinary tensors (under FSDP, rebuilt from the gathered weights)."""
-        if not (self.cfg.fsdp and self.world.distributed):
-            return self.model
-        net = Wav2Vec2Model.from_state_dict(self.model.cfg, state)
-        net.tokenizer, net.preprocessing, net.source = self.model.tokenizer, self.model.preprocessing, self.model.source
-        return net.eval()
-
-    def resume(self) -> dict | None:
-        """Loads checkpoint_last.pt, if this output directory has one, into the (still unwrapped) model and
-        the counters; returns it, so that `build_optimizer` can restore the optimizer too."""
-        path = self.checkpoint_dir / "checkpoint_last.pt"
-        if not path.exists():
-            return None
-        state = safe_torch_load(path)
-        net = self.model
-        if state.get("task") != self.task.name:
-            raise XlsrError(f"{path}: a {state.get('task')} run, not {self.task.name}; use another --out")
-        if state["config"] != net.cfg.to_dict():
-            raise XlsrError(f"{path}: this run's model differs from the one in {self.out_dir}; use another --out")
-        net.load_state_dict(state["model"])
+    def resume(self) -> None:
+        """Restores checkpoint_last.pt, if this output directory has one: the model (before it is wrapped),
+        the counters, loss scaler, RNG state and data position, then (after `wrap`) the optimizer."""
+        path = self.checkpoint_dir / ckpt.LAST
+        state = ckpt.read_checkpoint(path, self.task.name, self.model.cfg.to_dict(), self.out_dir)
+        self.resumed = state is not None
+        if not self.resumed:
+            self.wrap()
+            return
+        self.model.load_state_dict(state["model"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.update, self.epoch, self.position = state["update"], state["epoch"], state["position"]
         self.best, self.elapsed, self.stale = state["best"], state["elapsed"], state.get("stale", 0)
         self.nonfinite_total = state["nonfinite_total"]
+        self.unreadable = set(state.get("unreadable", ()))
+        self.unreadable_total = len(self.unreadable)
+        rank = self.world.rank
         if state["world_size"] == self.world.size:
-            rng = state["rng"][self.world.rank]
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng["cuda"])
+            ckpt.set_rng_state(state["rng"][rank])
+            if state.get("data"):  # processes that skipped unreadable batches are at their own positions
+                self.epoch, self.position = state["data"][rank]["epoch"], state["data"][rank]["position"]
         else:
             log.warning("resuming with %d processes instead of %d: random streams restart", self.world.size,
                         state["world_size"])  # fmt: skip
-        self._truncate_logs()
+        self.wrap()
+        ckpt.load_optimizer_state(self.step, self.optimizer, state["optimizer"], self.sharded)
+        self.logger.truncate(self.update)
         log.info("resumed from %s at update %d (epoch %d, batch %d)", path, self.update, self.epoch, self.position)
-        return state
-
-    def build_optimizer(self, resumed: dict | None) -> None:
-        """AdamW over the wrapped model's parameters (fully_shard replaces them, so this comes after wrapping)."""
-        cfg = self.cfg
-        params = [p for p in self.step.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
-                                           weight_decay=cfg.weight_decay)  # fmt: skip
-        if resumed is None:
-            return
-        if cfg.fsdp and self.world.distributed:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(self.step, self.optimizer, resumed["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))  # fmt: skip
-        else:
-            self.optimizer.load_state_dict(resumed["optimizer"])
-
-    def _truncate_logs(self) -> None:
-        """Drops log records written after the checkpoint we resume from (and a line cut by a kill)."""
-        if not self.world.is_main:
-            return
-        import csv
-        import json
-
-        path = self.out_dir / "log.jsonl"
-        if path.exists():
-            kept = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line)["update"] <= self.update:
-                        kept.append(line)
-                except (ValueError, KeyError):
-                    pass
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-        for csv_path in self.out_dir.glob("*.csv"):
-            rows = list(csv.reader(csv_path.read_text(encoding="utf-8").splitlines()))
-            if not rows:
-                continue
-            col = rows[0].index("update") if "update" in rows[0] else None
-            keep = [rows[0]] + [
-                r
-                for r in rows[1:]
-                if col is not None and len(r) == len(rows[0]) and r[col].isdigit() and int(r[col]) <= self.update
-            ]
-            with open(csv_path, "w", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerows(keep)
 
     # -- data -----------------------------------------------------------------------------------
     def batches(self) -> Iterator[dict]:
@@ -312,7 +262,7 @@ class Trainer:
             loader = torch.utils.data.DataLoader(
                 self.train_set,
                 batch_sampler=batches[self.position :],
-                collate_fn=self.task.collate,
+                collate_fn=self.collate,
                 num_workers=self.cfg.num_workers,
                 persistent_workers=False,
                 generator=self._loader_generator(),
@@ -322,14 +272,45 @@ class Trainer:
                 yield batch
             self.epoch, self.position = self.epoch + 1, 0
 
+    def micro_batches(self, batches: Iterator[dict]) -> tuple[list[dict], int]:
+        """The next update's `update_freq` batches, and how many audio files this process newly found
+        unreadable on the way (a batch of unreadable files only is passed over)."""
+        out, new = [], 0
+        while len(out) < self.cfg.update_freq:
+            batch = next(batches)
+            new += self._note_unreadable(batch)
+            if not batch.get("empty"):
+                out.append(batch)
+        return out, new
+
+    def _note_unreadable(self, batch: dict) -> int:
+        new = 0
+        for path, error in batch["unreadable"]:
+            if path not in self.unreadable:
+                self.unreadable.add(path)
+                new += 1
+                log.warning("skipped an audio file that cannot be read: %s", error)
+        return new
+
+    def _count_unreadable(self, new: float) -> None:
+        """Adds the files all processes newly found unreadable; past `max_bad_samples` the run stops."""
+        self.unreadable_total += int(new)
+        if self.unreadable_total > self.cfg.max_bad_samples:
+            raise XlsrError(
+                f"{self.unreadable_total} audio files could not be read (more than max_bad_samples="
+                f"{self.cfg.max_bad_samples}; each is named in the log above): fix or remove them from the manifest "
+                "(without a samples column every file is checked before training starts), or raise max_bad_samples"
+            )
+
     # -- one update -----------------------------------------------------------------------------
-    def train_step(self, micro_batches: list[dict]) -> None:
+    def train_step(self, micro_batches: list[dict], unreadable: int = 0) -> None:
         cfg, world = self.cfg, self.world
         self.task.before_update(self.model, self.update)
         lr = lr_at(self.update, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        units = all_reduce_sum([sum(b["sample_size"] for b in micro_batches)], world)[0]
+        units, new_unreadable = all_reduce_sum([sum(b["sample_size"] for b in micro_batches), unreadable], world)
+        self._count_unreadable(new_unreadable)
         local_nonfinite = 0.0
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
@@ -349,15 +330,7 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm if cfg.clip_norm > 0 else math.inf))
         nonfinite = all_reduce_sum([local_nonfinite], world)[0] > 0 or not math.isfinite(grad_norm)
         if nonfinite:
-            self.nonfinite_total += 1
-            self.nonfinite_run += 1
-            if self.scaler:
-                self.scaler.update()  # lowers the loss scale
-            if self.nonfinite_run > cfg.max_nonfinite_updates:
-                raise XlsrError(
-                    f"training diverged: {self.nonfinite_run} updates in a row had a non-finite loss or gradient "
-                    f"(update {self.update}); lower lr, raise warmup_updates, set clip_norm, or use fp32/bf16"
-                )
+            self._skip_update()
         else:
             self.nonfinite_run = 0
             if self.scaler:
@@ -370,6 +343,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.window["lr"] = lr
         self.update += 1
+
+    def _skip_update(self) -> None:
+        self.nonfinite_total += 1
+        self.nonfinite_run += 1
+        if self.scaler:
+            self.scaler.update()  # lowers the loss scale
+        if self.nonfinite_run > self.cfg.max_nonfinite_updates:
+            raise XlsrError(
+                f"training diverged: {self.nonfinite_run} updates in a row had a non-finite loss or gradient "
+                f"(update {self.update}); lower lr, raise warmup_updates, set clip_norm, or use fp32/bf16"
+            )
 
     def _sync(self, last: bool):
         """Gradients are exchanged only after the last micro-batch of an update."""
@@ -387,27 +371,40 @@ class Trainer:
             return None
         self.model.eval()
         totals: dict[str, float] = defaultdict(float)
+        batches = list(self.valid_sampler)
         loader = torch.utils.data.DataLoader(
             self.valid_set,
-            batch_sampler=list(self.valid_sampler),
-            collate_fn=self.task.collate,
+            batch_sampler=batches,
+            collate_fn=self.collate,
             num_workers=self.cfg.num_workers,
             generator=self._loader_generator(),
         )
+        new_unreadable = 0
+        bar = progress(len(batches), "valid", "batch", self.quiet or not self.world.is_main)
         for batch in loader:
+            bar.update(1)
+            new_unreadable += self._note_unreadable(batch)
+            empty = float(bool(batch.get("empty")))
+            if self.world.distributed:  # every process runs the same forwards (FSDP gathers weights in each)
+                empty = all_reduce_sum([empty], self.world)[0]
+            if empty:
+                continue
             with self.autocast():
                 _, stats = self.step(batch, -1)
             for k, v in stats.items():
                 totals[k] += v
+        bar.close()
         self.model.train()
         keys = sorted(totals)
-        summed = dict(zip(keys, all_reduce_sum([totals[k] for k in keys], self.world)))
+        *sums, new_unreadable = all_reduce_sum([*(totals[k] for k in keys), new_unreadable], self.world)
+        self._count_unreadable(new_unreadable)
+        summed = dict(zip(keys, sums))
         if not summed:
             return None
         return self.task.summarize(summed)
 
     # -- the loop -------------------------------------------------------------------------------
-    def _log_train(self, started: float, at_start: float) -> dict[str, float]:
+    def _train_metrics(self, started: float, at_start: float) -> dict[str, float]:
         keys = sorted(k for k in self.window if k not in ("lr",))
         sums = dict(zip(keys, all_reduce_sum([self.window[k] for k in keys], self.world)))
         metrics = self.task.summarize(sums)
@@ -418,6 +415,7 @@ class Trainer:
             grad_norm=self.window.get("grad_norm", 0.0) / ok,
             audio_seconds_per_second=sums.get("audio_seconds", 0.0) / max(now - at_start, 1e-9),
             skipped_updates=self.nonfinite_total,
+            unreadable_files=self.unreadable_total,
             epoch=self.epoch + 1,
             elapsed_hours=(self.elapsed + now - started) / 3600,
         )
@@ -426,62 +424,57 @@ class Trainer:
         self.window.clear()
         return metrics
 
+    def validate(self) -> bool:
+        """Evaluates, logs, and keeps the count for early stopping; True when this is a new best model."""
+        metrics = self.evaluate()
+        if metrics is None:
+            return False
+        self.logger.write("valid", self.update, metrics)
+        log.info("update %d | valid | %s", self.update, _line(metrics))
+        value = metrics[self.task.best_metric]
+        better = self.best is None or (value > self.best if self.task.maximize else value < self.best)
+        self.stale = 0 if better else self.stale + 1
+        if better:
+            self.best = value
+        return better
+
     def run(self) -> dict[str, Any]:
         self.build()
         cfg = self.cfg
-        resumed = self.resume()
+        self.resume()
         if self.world.is_main:
             atomic_write_text(self.out_dir / "config.yaml", to_yaml(cfg))
-        self.step = wrap(_Step(self.task, self.model), self.world, cfg.fsdp, find_unused=self._find_unused(),
-                         bf16=self.precision == "bf16")  # fmt: skip
-        self.build_optimizer(resumed)
         self.model.train()
-        if not resumed:
-            log.info(
-                "%s: %s parameters, %d training utterances, output in %s",
-                self.task.name,
-                f"{self.model.num_parameters():,}",
-                len(self.train_set),
-                self.out_dir,
-            )
-        bar = progress(
-            cfg.max_update, self.task.name, "update", self.quiet or not self.world.is_main, initial=self.update
-        )
+        if not self.resumed:
+            log.info("%s: %s parameters, %d training utterances, output in %s", self.task.name,
+                     f"{self.model.num_parameters():,}", len(self.train_set), self.out_dir)  # fmt: skip
+        bar = progress(cfg.max_update, self.task.name, "update", self.quiet or not self.world.is_main,
+                       initial=self.update)  # fmt: skip
         batches = self.batches()
         started = window_start = time.perf_counter()
         last_metrics: dict[str, float] = {}
         try:
             while self.update < cfg.max_update and not self._out_of_patience():
-                self.train_step([next(batches) for _ in range(cfg.update_freq)])
+                self.train_step(*self.micro_batches(batches))
                 bar.update(1)
                 done = self.update == cfg.max_update
-                if self.update % cfg.log_interval == 0 or done:
-                    last_metrics = self._log_train(started, window_start)
+                if self.update % cfg.log_interval == 0 or done or self.update == 1:
+                    last_metrics = self._train_metrics(started, window_start)
                     window_start = time.perf_counter()
                     self.task.check(last_metrics, self.update)
                     self.logger.write("train", self.update, last_metrics)
                     bar.set_postfix_str(_short(last_metrics))
                     log.info("update %d | %s", self.update, _line(last_metrics))
-                names = []
-                if self.update % cfg.validate_interval_updates == 0 or done:
-                    metrics = self.evaluate()
-                    if metrics is not None:
-                        self.logger.write("valid", self.update, metrics)
-                        log.info("update %d | valid | %s", self.update, _line(metrics))
-                        value = metrics[self.task.best_metric]
-                        better = self.best is None or (value > self.best if self.task.maximize else value < self.best)
-                        self.stale = 0 if better else self.stale + 1
-                        if better:
-                            self.best = value
-                            names.append("checkpoint_best.pt")
+                best = (self.update % cfg.validate_interval_updates == 0 or done) and self.validate()
                 stop = self._out_of_patience()
-                if self.update % cfg.save_interval_updates == 0 or done or names or stop:
+                if self.update % cfg.save_interval_updates == 0 or done or best or stop:
                     self.elapsed += time.perf_counter() - started
                     started = time.perf_counter()
-                    step = [f"checkpoint_{self.update}.pt"] if self.update % cfg.save_interval_updates == 0 else []
-                    state = self.save(["checkpoint_last.pt", *step, *names])
-                    if names and self.world.is_main:
-                        self.task.on_best(self._plain_model(state), self.out_dir)
+                    step = [ckpt.step_name(self.update)] if self.update % cfg.save_interval_updates == 0 else []
+                    state = self.save([ckpt.LAST, *step, *([ckpt.BEST] if best else [])])
+                    if best and self.world.is_main:
+                        self.task.on_best(ckpt.plain_model(self.model, state) if self.sharded else self.model,
+                                          self.out_dir)  # fmt: skip
                 if stop:
                     log.info("early stop: no better %s in %d validations", self.task.best_metric, self.stale)
                     break
@@ -497,13 +490,7 @@ class Trainer:
         return torch.Generator().manual_seed(self.cfg.seed * 7919 + self.epoch)
 
     def _out_of_patience(self) -> bool:
-        patience = getattr(self.cfg, "patience", 0)  # fine-tuning's early stopping
-        return patience > 0 and self.stale >= patience
-
-    def _find_unused(self) -> bool:
-        net = self.model
-        frozen = any(not p.requires_grad for p in net.parameters())
-        return net.cfg.encoder_layerdrop > 0 or frozen or getattr(self.task, "may_skip_parameters", False)
+        return self.cfg.patience > 0 and self.stale >= self.cfg.patience
 
 
 class _ReenableSync(contextlib.AbstractContextManager):
