@@ -23,9 +23,10 @@ from typing import Any
 
 from torch import nn
 
-from ..config import ModelConfig, Preprocessing
+from ..config import ModelConfig, Preprocessing, SpeechTranslationConfig
 from ..errors import CheckpointError
 from ..models import Wav2Vec2Model
+from ..models.speech_translation import SpeechTranslationModel
 from ..text import Tokenizer
 
 
@@ -121,8 +122,79 @@ WAV2VEC2 = Family(
     describe=_wav2vec2_describe,
 )
 
+
+# -- speech translation: XLS-R encoder + adapter + mBART-style decoder ------------------------------------
+def _st_load_hf(path: Path) -> Loaded:
+    from ..text.spm_tokenizer import SentencePieceTokenizer
+    from .hf_st import load_hf_st_dir
+
+    model, generation = load_hf_st_dir(path)
+    model.generation = generation  # decoder start, forced target-language token, max length, beams
+    has_spm = (path / "sentencepiece.bpe.model").exists()
+    tokenizer = SentencePieceTokenizer.from_hf_dir(path) if has_spm else None
+    return Loaded(model, tokenizer, model.preprocessing)
+
+
+def _st_save_hf(model: SpeechTranslationModel, path: Path) -> None:
+    from .hf_st import save_hf_st_dir
+
+    save_hf_st_dir(model, path, getattr(model, "generation", None))
+
+
+def _st_load_fairseq(path: Path, ckpt: dict[str, Any], dict_path=None, spm_path=None, **_: Any) -> Loaded:
+    from .fairseq_st import load_fairseq_st
+
+    return Loaded(*load_fairseq_st(path, ckpt, dict_path=dict_path, spm_path=spm_path))
+
+
+def _st_is_fairseq(ckpt: dict[str, Any]) -> bool:
+    from .fairseq_st import is_fairseq_st
+
+    return is_fairseq_st(ckpt)
+
+
+def _st_describe(net: SpeechTranslationModel) -> dict[str, Any]:
+    cfg, enc = net.cfg, net.cfg.encoder
+    out = {
+        "family": "speech_translation",
+        "source": net.source,
+        "head": "speech translation (encoder + adapter + decoder)",
+        "layout": enc.layout,
+        "layers": enc.encoder_layers,
+        "dim": enc.encoder_embed_dim,
+        "ffn_dim": enc.encoder_ffn_embed_dim,
+        "heads": enc.encoder_attention_heads,
+        "conv_layers": [list(c) for c in enc.conv_feature_layers],
+        "frame_ms": 1000 * enc.frame_stride / net.preprocessing.sample_rate,
+        "adapter": f"{cfg.adaptor_n_layers} x conv (kernel {cfg.adaptor_kernel_size}, stride {cfg.adaptor_stride})"
+        + (f", projection to {cfg.adaptor_proj_dim}" if cfg.adaptor_proj_dim else ""),
+        "decoder": f"{cfg.decoder_layers} layers, dim {cfg.decoder_embed_dim}, FFN {cfg.decoder_ffn_embed_dim}, "
+        f"{cfg.decoder_attention_heads} heads, {cfg.activation_fn}",
+        "parameters": net.num_parameters(),
+        "encoder_parameters": sum(p.numel() for p in net.encoder.parameters()),
+        "preprocessing": net.preprocessing.to_dict(),
+        "vocabulary_size": cfg.vocab_size,
+    }
+    if net.tokenizer is not None:
+        out["languages"] = list(net.tokenizer.languages)
+    return out
+
+
+SPEECH_TRANSLATION = Family(
+    name="speech_translation",
+    config=SpeechTranslationConfig,
+    model=SpeechTranslationModel,
+    tokenizer="sentencepiece",
+    is_hf=lambda hf: hf.get("model_type") == "speech-encoder-decoder",
+    load_hf=_st_load_hf,
+    save_hf=_st_save_hf,
+    is_fairseq=_st_is_fairseq,
+    load_fairseq=_st_load_fairseq,
+    describe=_st_describe,
+)
+
 # Order matters for `is_fairseq`: the most specific family first, wav2vec2 (the fallback) last.
-FAMILIES: dict[str, Family] = {"wav2vec2": WAV2VEC2}
+FAMILIES: dict[str, Family] = {"speech_translation": SPEECH_TRANSLATION, "wav2vec2": WAV2VEC2}
 
 
 def family_named(name: str) -> Family:

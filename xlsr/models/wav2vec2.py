@@ -144,5 +144,9 @@ class Wav2Vec2Model(nn.Module):
             return self.head(out.x, out.hidden_states, out.padding_mask)
         return out.x
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP shards one by one (the Transformer blocks); the rest is sharded with the root."""
+        return list(self.encoder.layers)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,100 @@
+"""The XLS-R speech-translation network: wav2vec 2.0 encoder -> adapter -> mBART-style decoder.
+
+fairseq `XMTransformerModel` (`Wav2VecEncoderWithAdaptor` + `TransformerDecoder`); transformers
+`SpeechEncoderDecoderModel` (`Wav2Vec2Model` with `add_adapter` + `MBartForCausalLM`).
+
+State-dict prefixes: `encoder.` (a head-less `Wav2Vec2Model`, its own keys), `adapter.`, `decoder.`.
+Dimension letters: B batch, S samples, T' adapter frames, D decoder width, L target tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Preprocessing, SpeechTranslationConfig
+from .adapter import Adapter
+from .decoder import TransformerDecoder
+from .padding import padding_mask
+from .wav2vec2 import Wav2Vec2Model
+
+
+class SpeechTranslationModel(nn.Module):
+    def __init__(self, cfg: SpeechTranslationConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Wav2Vec2Model(cfg.encoder)
+        self.adapter = Adapter(
+            cfg.encoder.encoder_embed_dim,
+            cfg.adaptor_proj_dim,
+            cfg.adaptor_n_layers,
+            cfg.adaptor_kernel_size,
+            cfg.adaptor_stride,
+        )
+        self.decoder = TransformerDecoder(cfg)
+        # What a loaded model carries besides its weights (set by the checkpoint loaders).
+        self.tokenizer: Any = None  # the target-text tokenizer (xlsr.text.spm_tokenizer), None until set
+        self.preprocessing = Preprocessing()
+        self.source = "new model"
+
+    @classmethod
+    def from_state_dict(cls, cfg: SpeechTranslationConfig, state: dict[str, Tensor]) -> SpeechTranslationModel:
+        """A float32 model holding exactly `state`; a missing or unexpected weight raises ValueError.
+
+        Only `encoder.mask_emb` may be absent (it then gets a fresh initialisation). Built on the meta device
+        first, as `Wav2Vec2Model.from_state_dict`, so no time goes into random weights.
+        """
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = set(model.state_dict())
+        missing = sorted(expected - set(state) - {"encoder.mask_emb"})
+        unexpected = sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"missing weights: {missing}; unexpected weights: {unexpected}")
+        try:
+            model.load_state_dict(state, strict=False, assign=True)
+        except RuntimeError as e:  # a weight of the wrong shape
+            raise ValueError(str(e)) from None
+        if "encoder.mask_emb" not in state:
+            model.encoder.mask_emb = nn.Parameter(torch.empty(cfg.encoder.encoder_embed_dim).uniform_())
+        return model.float()
+
+    def frame_lengths(self, lengths: Tensor) -> Tensor:
+        """(B,) samples -> (B,) frames of the encoder output after the adapter."""
+        return self.adapter.output_lengths(self.encoder.frame_lengths(lengths))
+
+    def encode(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """waveforms: (B, S) float, normalised as `preprocessing` says; lengths: (B,) long valid samples (None:
+        nothing is padded) -> encoder_out (B, T', D) (padded frames exactly 0) and padding (B, T') bool,
+        True = padded (None when nothing is)."""
+        out = self.encoder.encode(waveforms, lengths)  # out.x: the final output, final layer norm included
+        x, frames = self.adapter(out.x, out.lengths)
+        if frames is None or not bool((frames < x.shape[1]).any()):
+            return x, None
+        return x, padding_mask(frames, x.shape[1])
+
+    def forward(
+        self,
+        waveforms: Tensor,
+        lengths: Tensor | None,
+        prev_tokens: Tensor,
+        target_padding: Tensor | None = None,
+    ) -> Tensor:
+        """Teacher forcing. waveforms: (B, S); lengths: (B,) or None; prev_tokens: (B, L) long, the decoder
+        input (fairseq prev_output_tokens: </s>, language tag, ...; HF decoder_input_ids); target_padding:
+        (B, L) bool, True = padded, or None -> logits (B, L, V)."""
+        encoder_out, padding = self.encode(waveforms, lengths)
+        return self.decoder(prev_tokens, encoder_out, padding, target_padding=target_padding)
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.encoder.set_gradient_checkpointing(enabled)
+        self.decoder.gradient_checkpointing = enabled
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """The modules to wrap with fully_shard, before the whole model: every encoder and decoder block."""
+        return [*self.encoder.encoder.layers, *self.decoder.layers]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
