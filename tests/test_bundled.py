@@ -59,5 +59,6 @@ def test_the_first_command_needs_no_model_argument(capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == len(clips) and all("\t" in line for line in out)
     assert main(["identify", clips[0], "--quiet"]) == 0
-    first = capsys.readouterr().out.splitlines()[0].split()
-    assert first[0] == Path(clips[0]).stem and 0 < float(first[1]) <= 1
+    path, *top = capsys.readouterr().out.splitlines()[0].split("\t")  # path, then "label probability" x top-k
+    label, probability = top[0].split()
+    assert path == clips[0] and len(top) == 3 and label == Path(clips[0]).stem and 0 < float(probability) <= 1

@@ -112,3 +112,45 @@ def test_lm_errors_are_clear(arpa, tmp_path):
     other = CTCTokenizer(["<pad>", "<unk>", "|", "x", "y"], bos_token=None, eos_token=None)
     with pytest.raises(ConfigError, match="none of the LM's words can be spelled"):
         BeamSearchDecoder(other, BeamSearchOptions(str(arpa)))
+
+
+def _random_emissions(T: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    path = rng.choice([PAD, PAD, SEP, A, B, C, D], size=T)
+    return emissions(path.tolist(), {t: {int(rng.integers(4, 9)): -0.4} for t in range(0, T, 4)})
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_streaming_greedy_equals_whole_file_decoding(seed):
+    """Windows decoded as they come (GreedyStream) give the whole file's text, words, times and confidences."""
+    from xlsr.decoding.ctc import GreedyStream
+
+    tok = CTCTokenizer(TOKENS)
+    lp = _random_emissions(300, seed)
+    whole = greedy(lp, tok, 0.02)
+    stream = GreedyStream(tok, 0.02)
+    cuts = sorted(np.random.default_rng(seed).integers(0, 300, size=6).tolist())
+    for a, b in zip([0, *cuts], [*cuts, 300]):
+        stream.add(lp[a:b])
+    hyp = stream.finish()
+    assert hyp.text == whole.text and len(hyp.words) > 10
+    assert [(w.word, w.start, w.end) for w in hyp.words] == [(w.word, w.start, w.end) for w in whole.words]
+    np.testing.assert_allclose([w.confidence for w in hyp.words], [w.confidence for w in whole.words], rtol=1e-9)
+
+
+def test_streaming_beam_search_equals_whole_file_decoding(arpa):
+    """The KenLM beam search through flashlight's incremental API, window by window, equals one decode call."""
+    tok = CTCTokenizer(TOKENS)
+    decoder = BeamSearchDecoder(tok, BeamSearchOptions(str(arpa), beam_size=8))
+    cab, bad = [C, C, PAD, A, B, SEP], [B, A, A, D, SEP]
+    lp = emissions((cab + bad) * 6, {3: {D: -0.3}, 9: {C: -0.2}, 20: {A: -0.1}})
+    whole = decoder.decode(lp, 0.02)
+    for step in (1, 7, 25):
+        stream = decoder.stream(0.02)
+        for a in range(0, len(lp), step):
+            stream.add(lp[a : a + step])
+        hyp = stream.finish()
+        assert hyp.text == whole.text and hyp.score == pytest.approx(whole.score)
+        assert [(w.word, w.start, w.end, w.confidence) for w in hyp.words] == [
+            (w.word, w.start, w.end, w.confidence) for w in whole.words
+        ]

@@ -96,8 +96,8 @@ def test_windows_stitch_exactly(tmp_path, chunk, stride, batch):
         paths.append(tmp_path / f"{i}.flac")
         sf.write(paths[-1], speechlike(s, seed=i), 16000)
     forward = lambda w, n: model(w, n)  # noqa: E731
-    whole = {d.item: d.outputs for d in WindowedRunner(model, forward, 0, 0, 1000).run(paths)}
-    chunked = {d.item: d.outputs for d in WindowedRunner(model, forward, chunk, stride, batch).run(paths)}
+    whole = {d.item: d.outputs for d in WindowedRunner.for_model(model, forward, 0, 0, 1000).run(paths)}
+    chunked = {d.item: d.outputs for d in WindowedRunner.for_model(model, forward, chunk, stride, batch).run(paths)}
     for i, s in enumerate(lengths):
         assert whole[i].shape == chunked[i].shape == ((int(s * 16000) - 400) // 320 + 1, len(VOCAB))
         np.testing.assert_allclose(chunked[i], whole[i], atol=1e-4)
@@ -145,12 +145,14 @@ def test_output_formats_and_timestamps(hf_ctc, tmp_path, capsys):
     assert vtt.startswith("WEBVTT\n\n00:00:0")
     tsv = (tmp_path / "utt2.tsv").read_text().splitlines()
     assert tsv[0] == "start\tend\ttext" and " ".join(r.split("\t")[2] for r in tsv[1:]) == " ".join(text.split())
-    # stdout: one file prints the format itself, several print one line each
-    assert main(["transcribe", str(model_dir), str(files[0]), "--quiet"]) == 0
-    assert capsys.readouterr().out == (tmp_path / "utt0.txt").read_text()
-    assert main(["transcribe", str(model_dir), *map(str, files), "--format", "json", "--quiet"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert [json.loads(line)["path"] for line in lines] == list(map(str, files))  # input order
+    # stdout has the same shape whatever the number of files: `path<TAB>text` lines, JSON Lines
+    for inputs in (files[:1], files):
+        assert main(["transcribe", str(model_dir), *map(str, inputs), "--quiet"]) == 0
+        expected = [f"{f}\t{(tmp_path / (f.stem + '.txt')).read_text().rstrip()}" for f in inputs]
+        assert capsys.readouterr().out.splitlines() == expected
+        assert main(["transcribe", "--model", str(model_dir), *map(str, inputs), "--format", "json", "--quiet"]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert [json.loads(line)["path"] for line in lines] == list(map(str, inputs))  # input order
     assert not list(tmp_path.glob(".*"))  # no temporaries
 
 

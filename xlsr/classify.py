@@ -1,154 +1,32 @@
-"""`xlsr identify` and `xlsr evaluate` for classification models (language ID, speaker ID, ...).
+"""Classifier evaluation (`xlsr evaluate` on a classification model: language ID, speaker ID, ...).
 
-identify: each file is cut into windows of `chunk_seconds` (the streaming windows of `inference.py`, so
-memory stays flat on long recordings); each window's class probabilities (softmax) are averaged over
-the file, weighted by the window's length; the top-k labels are reported.
-
-evaluate: accuracy overall, per class and per duration bucket (0-5 s, 5-20 s, 20 s and more: the buckets
-of the XLS-R paper's VoxLingua107 table), and a confusion matrix (text, and a PNG with matplotlib).
-`crops=N` is fairseq's LID evaluation instead: N random crops of at most `crop_seconds` per utterance
-(an utterance no longer than that is used whole, once), softmax per crop, probabilities averaged.
+Accuracy overall, per class and per duration bucket (0-5 s, 5-20 s, 20 s and more: the buckets of the
+XLS-R paper's VoxLingua107 table), and a confusion matrix (text, and a PNG with matplotlib). Utterances are
+classified as `xlsr identify` does (windows of `chunk_seconds`, probabilities averaged); `crops=N` is
+fairseq's LID evaluation instead: N random crops of at most `crop_seconds` per utterance (an utterance no
+longer than that is used whole, once), softmax per crop, probabilities averaged.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from .audio import load_audio, normalize, pad_batch
-from .checkpoints import load_model
+from .audio import load_audio
 from .checkpoints.io import atomic_path, atomic_write_text
-from .data.manifest import InputError, Utterance, expand_inputs, output_names, read_manifest
+from .data.manifest import read_manifest
 from .errors import ConfigError, DataError, XlsrError
-from .inference import WindowedRunner
-from .models import Wav2Vec2Model
-from .runtime import progress, resolve_device, resolve_dtype, set_threads
+from .identify import CHUNK_SECONDS, classification_model, identify
+from .inference import model_placement, prepare_batch
+from .runtime import progress, set_threads
 
-FORMATS = ("txt", "json", "tsv")
 BUCKETS = ((0.0, 5.0, "0-5 s"), (5.0, 20.0, "5-20 s"), (20.0, float("inf"), ">20 s"))
-
-
-@dataclass
-class Identification:
-    path: str
-    top: list[tuple[str, float]] = field(default_factory=list)  # (label, probability), best first
-    duration: float = 0.0
-    model: str = ""
-    error: str | None = None
-    skipped: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "labels": [{"label": label, "probability": round(p, 6)} for label, p in self.top],
-            "duration": round(self.duration, 3),
-            "model": self.model,
-            "error": self.error,
-        }
-
-
-def render(r: Identification, fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(r.to_dict(), ensure_ascii=False, indent=2) + "\n"
-    if fmt == "tsv":
-        return "label\tprobability\n" + "".join(f"{label}\t{p:.4f}\n" for label, p in r.top)
-    return "".join(f"{label} {p:.4f}\n" for label, p in r.top)
-
-
-def classification_model(model: str | Path | Wav2Vec2Model, device: str | None, dtype: str | None) -> Wav2Vec2Model:
-    dev = resolve_device(device)
-    net = model if isinstance(model, Wav2Vec2Model) else load_model(model, device=dev)
-    if net.cfg.head != "classification":
-        raise ConfigError(
-            f"{net.source} has no classification head ({net.cfg.head}); fine-tune one with `xlsr finetune classify`"
-        )
-    return net.to(device=dev, dtype=resolve_dtype(dtype, dev))
-
-
-def window_probabilities(net: Wav2Vec2Model):
-    """The runner's forward: each window's class probabilities, repeated on each of its frames, so that the
-    stitched (T, K) output averages to the length-weighted mean over windows."""
-
-    def forward(waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        probs = net(waves, lengths).float().softmax(-1)  # (B, K)
-        T = int(net.frame_lengths(torch.tensor([waves.shape[1]]))[0])
-        return probs[:, None, :].expand(-1, T, -1)
-
-    return forward
-
-
-def identify(
-    model: str | Path | Wav2Vec2Model,
-    audio: list[str | Path],
-    top_k: int = 5,
-    output_dir: str | Path | None = None,
-    format: str = "txt",
-    chunk_seconds: float = 10.0,
-    batch_seconds: float = 60.0,
-    device: str | None = None,
-    dtype: str | None = None,
-    threads: int | None = None,
-    skip_existing: bool = False,
-    quiet: bool = False,
-) -> list[Identification]:
-    """Top-k labels with probabilities for files, folders and manifests; one result per input, in input order.
-    A file that cannot be read gets `error` set and every other file is still done."""
-    if format not in FORMATS:
-        raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    set_threads(threads)
-    net = classification_model(model, device, dtype)
-    labels = net.cfg.labels
-    frame = net.cfg.frame_stride / net.preprocessing.sample_rate
-    runner = WindowedRunner(net, window_probabilities(net), chunk_seconds, frame, batch_seconds)
-    entries = expand_inputs(audio)
-    results: list[Identification | None] = [None] * len(entries)
-    items = {i: u for i, u in enumerate(entries) if isinstance(u, Utterance)}
-    names = dict(zip(items, output_names([u.path for u in items.values()])))
-    out_dir = Path(output_dir) if output_dir else None
-    todo = []
-    for i, entry in enumerate(entries):
-        if isinstance(entry, InputError):
-            results[i] = Identification(entry.path, model=net.source, error=entry.cause)
-        elif out_dir and skip_existing and (out_dir / f"{names[i]}.{format}").exists():
-            results[i] = Identification(str(entry.path), model=net.source, skipped=True)
-        else:
-            todo.append(i)
-    bar = progress(None, "identify", "s", quiet, bar_format="{desc}: {n:.0f} s of audio [{elapsed}] {postfix}")
-    for done in runner.run([items[i].path for i in todo], [items[i].samples for i in todo], bar):
-        i = todo[done.item]
-        if done.outputs is None:
-            results[i] = Identification(str(items[i].path), model=net.source, error=done.error)
-            continue
-        probs = done.outputs.mean(axis=0)
-        best = np.argsort(-probs)[:top_k]
-        r = Identification(str(items[i].path), [(labels[k], float(probs[k])) for k in best], done.seconds, net.source)
-        results[i] = r
-        if out_dir:
-            atomic_write_text(out_dir / f"{names[i]}.{format}", render(r, format))
-    bar.close()
-    return [r for r in results if r is not None]
-
-
-def print_identifications(results: list[Identification], fmt: str, stream=None) -> None:
-    """One file: the format itself; several: `path<TAB>label<TAB>probability` lines (txt, tsv) or JSON lines."""
-    stream = stream or sys.stdout
-    ok = [r for r in results if r.error is None and not r.skipped]
-    if len(results) == 1 and ok:
-        stream.write(render(ok[0], fmt))
-        return
-    for r in ok:
-        if fmt == "json":
-            stream.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-        else:  # txt: the best label per file; tsv: all top-k
-            stream.write("".join(f"{r.path}\t{label}\t{p:.4f}\n" for label, p in r.top[: 1 if fmt == "txt" else None]))
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
@@ -160,16 +38,11 @@ def crop_starts(length: int, crop: int, n: int, rng: np.random.Generator) -> lis
 
 
 @torch.inference_mode()
-def crop_probabilities(net: Wav2Vec2Model, audio: np.ndarray, crop: int, n: int, seed: int) -> np.ndarray:
+def crop_probabilities(net: nn.Module, audio: np.ndarray, crop: int, n: int, seed: int) -> np.ndarray:
     """Softmax per random crop, averaged: (K,)."""
     starts = crop_starts(len(audio), crop, n, np.random.default_rng(seed))
-    pieces = [audio[s : s + crop] for s in starts]
-    waves, lengths = pad_batch(pieces)
-    device, dtype = net.mask_emb.device, net.mask_emb.dtype
-    waves, lengths = waves.to(device), lengths.to(device)
-    if net.preprocessing.do_normalize:
-        waves = normalize(waves, lengths, net.preprocessing.normalize_eps)
-    return net(waves.to(dtype), lengths).float().softmax(-1).mean(0).cpu().numpy()
+    waves, lengths = prepare_batch([audio[s : s + crop] for s in starts], net.preprocessing, *model_placement(net))
+    return net(waves, lengths).float().softmax(-1).mean(0).cpu().numpy()
 
 
 @dataclass
@@ -270,7 +143,7 @@ def score(labels: tuple[str, ...], rows: list[tuple[str, str, float]]) -> Classi
 
 
 def evaluate_classifier(
-    model: str | Path | Wav2Vec2Model,
+    model: str | Path | nn.Module | None,
     manifest: str | Path,
     json_path: str | Path | None = None,
     label_column: str = "lang",
@@ -278,17 +151,14 @@ def evaluate_classifier(
     crop_seconds: float = 10.0,
     plot: str | Path | None = None,
     seed: int = 0,
-    chunk_seconds: float = 10.0,
+    chunk_seconds: float = CHUNK_SECONDS,
     batch_seconds: float = 60.0,
     device: str | None = None,
     dtype: str | None = None,
     threads: int | None = None,
     quiet: bool = False,
-    **ignored: Any,
 ) -> ClassificationReport:
     """Classifies every utterance of `manifest` and scores it against its `label_column`."""
-    if ignored.get("lm") or ignored.get("hotwords"):
-        raise ConfigError("--lm and --hotwords apply to CTC models, not to classification")
     if crops is not None and crops < 1:
         raise ConfigError(f"--crops must be at least 1, got {crops}")
     set_threads(threads)

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, XlsrError
 
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 MODEL_HELP = (
     "a Hugging Face model directory, a fairseq .pt checkpoint, an xlsr checkpoint, or a hub id "
     "(downloaded only if huggingface_hub is installed and the network allows)"
@@ -24,19 +23,10 @@ AUDIO_HELP = (
     "audio files (wav, flac, ogg, opus, mp3; m4a/webm/video with PyAV), folders (searched recursively) "
     "or manifests (.tsv with a 'path' column)"
 )
-INPUTS_HELP = f"MODEL: {MODEL_HELP}; left out, the bundled reference model. AUDIO: {AUDIO_HELP}"
-
-
-def _print_failures(results, what: str, skipped: int = 0) -> int:
-    """One line per failed input, then a summary; the exit code says whether anything failed."""
-    failed = [r for r in results if r.error]
-    for r in failed:
-        print(f"xlsr: error: {getattr(r, 'input', None) or r.path}: {r.error}", file=sys.stderr)
-    done = len(results) - len(failed) - skipped
-    if failed or skipped:
-        extra = f", {skipped} skipped (output exists)" if skipped else ""
-        print(f"xlsr: {done} {what} done, {len(failed)} failed{extra}", file=sys.stderr)
-    return 1 if failed else 0
+USE_MODEL_HELP = (
+    f"the model: {MODEL_HELP}. Left out, the bundled reference model. (The model may also come first among "
+    "the inputs when it is a model directory or checkpoint file that exists.)"
+)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -70,7 +60,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoints import convert
 
     done = convert(args.src, args.dst, dict_path=args.dict_path, encoder_only=args.encoder_only)
-    print(f"wrote {args.dst} ({done.model.cfg.head} head, {done.model.num_parameters():,} parameters)")
+    what = f"{done.model.cfg.head} head" if hasattr(done.model.cfg, "head") else type(done.model).__name__
+    print(f"wrote {args.dst} ({what}, {done.model.num_parameters():,} parameters)")
     if done.left_out:
         print(f"xlsr: note: left out {done.left_out}", file=sys.stderr)
     return 0
@@ -84,71 +75,88 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_and_audio(args: argparse.Namespace, kind: str) -> tuple[str | None, list[str]]:
+    """--model, or a model named first among the inputs where that is unambiguous (an existing model directory
+    or checkpoint file). A first input that is neither an existing path nor audio stops the command before any
+    work: it is taken for a mistyped model, never replaced by the bundled one."""
+    from .audio import AUDIO_EXTENSIONS
+    from .checkpoints import looks_like_model
+
+    items = list(args.audio)
+    model = args.model
+    if model is None and items and looks_like_model(items[0]):
+        model = items.pop(0)
+    elif model is None and len(items) > 1 and not Path(items[0]).exists():
+        suffix = Path(items[0]).suffix.lower()
+        if suffix not in AUDIO_EXTENSIONS and suffix not in (".tsv", ".manifest"):
+            raise ConfigError(f"{items[0]}: no such model (no such file or directory); nothing was {kind}")
+    if not items:
+        raise ConfigError("no audio given")
+    return model, items
+
+
 def cmd_features(args: argparse.Namespace) -> int:
+    from .driver import is_main_process, summarize
     from .features import features
 
-    results = features(args.model, args.audio, args.out, layer=args.layer, device=args.device, quiet=args.quiet)
+    model, audio = model_and_audio(args, "extracted")
+    results = features(model, audio, output_dir=args.output_dir, layer=args.layer, out=args.out,
+                       **options(args, WINDOW_OPTIONS + HARDWARE_OPTIONS + ("skip_existing", "quiet")))  # fmt: skip
     if not args.quiet:
         for r in results:
             if r.output:
-                print(f"{r.input} -> {r.output}")
-    return _print_failures(results, "feature files")
-
-
-def split_model(items: list[str], kind: str) -> tuple[str, list[str]]:
-    """`[MODEL] AUDIO...`: the first item is the model unless it is audio, a manifest or a folder that is not a
-    model directory; then the bundled reference model is used."""
-    from .checkpoints import bundled_model
-
-    first = Path(items[0])
-    is_model = (first.is_dir() and (first / "config.json").exists()) or first.suffix in (".pt", ".safetensors")
-    if is_model or (not first.exists() and HUB_ID.match(items[0]) and len(items) > 1):
-        return items[0], items[1:]
-    return str(bundled_model(kind)), items
+                print(f"{r.path} -> {r.output}")
+    return summarize(results, "feature files", quiet=not is_main_process())
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    from .driver import is_main_process, summarize
     from .transcribe import print_transcripts, transcribe
 
-    options = {k: getattr(args, k) for k in TRANSCRIBE_OPTIONS}
-    model, audio = split_model(args.inputs, "asr")
-    if not audio:
-        raise ConfigError("no audio given")
+    model, audio = model_and_audio(args, "transcribed")
     results = transcribe(
-        model,
-        audio,
-        output_dir=args.output_dir,
-        format=args.format,
-        skip_existing=args.skip_existing,
-        quiet=args.quiet,
-        **options,
+        model, audio, **options(args, OUTPUT_OPTIONS + WINDOW_OPTIONS + CTC_OPTIONS + HARDWARE_OPTIONS)
     )
-    if args.output_dir is None:
+    if args.output_dir is None and is_main_process():
         print_transcripts(results, args.format)
-    return _print_failures(results, "transcripts", skipped=sum(r.skipped for r in results))
+    return summarize(results, "transcripts", quiet=not is_main_process())
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from .classify import identify, print_identifications
+    from .driver import is_main_process, summarize
+    from .identify import identify, print_identifications
 
-    model, audio = split_model(args.inputs, "lid")
-    if not audio:
-        raise ConfigError("no audio given")
-    results = identify(model, audio, top_k=args.top_k, output_dir=args.output_dir, format=args.format,
-                       chunk_seconds=args.chunk_seconds, batch_seconds=args.batch_seconds, device=args.device,
-                       dtype=args.dtype, threads=args.threads, skip_existing=args.skip_existing,
-                       quiet=args.quiet)  # fmt: skip
-    if args.output_dir is None:
+    model, audio = model_and_audio(args, "identified")
+    names = OUTPUT_OPTIONS + ("chunk_seconds", "batch_seconds") + HARDWARE_OPTIONS
+    results = identify(model, audio, top_k=args.top_k, **options(args, names))
+    if args.output_dir is None and is_main_process():
         print_identifications(results, args.format)
-    return _print_failures(results, "files", skipped=sum(r.skipped for r in results))
+    return summarize(results, "files", quiet=not is_main_process())
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from .driver import is_main_process, summarize
+    from .translate import print_translations, translate
+
+    model, audio = model_and_audio(args, "translated")
+    names = OUTPUT_OPTIONS + GENERATION_OPTIONS + ("target_lang", "segment_seconds", "batch_seconds") + HARDWARE_OPTIONS
+    results = translate(model, audio, **options(args, names))
+    if args.output_dir is None and is_main_process():
+        print_translations(results, args.format)
+    return summarize(results, "translations", quiet=not is_main_process())
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    options = {k: getattr(args, k) for k in TRANSCRIBE_OPTIONS}
-    report = evaluate(args.model, args.manifest, json_path=args.json, quiet=args.quiet, label_column=args.label_column,
-                      crops=args.crops, crop_seconds=args.crop_seconds, plot=args.plot, **options)  # fmt: skip
+    if len(args.audio) > 2 or (len(args.audio) == 2 and args.model is not None):
+        raise ConfigError("evaluate takes one manifest (and the model with --model)")
+    model, manifest = (args.audio[0], args.audio[1]) if len(args.audio) == 2 else (args.model, args.audio[0])
+    if args.json_path:
+        warnings.warn("--json PATH is now --output-dir DIR (writes DIR/report.json)", FutureWarning, stacklevel=1)
+    report = evaluate(model, manifest, output_dir=args.output_dir, json_path=args.json_path, plot=args.plot,
+                      label_column=args.label_column, crops=args.crops, crop_seconds=args.crop_seconds,
+                      **options(args, WINDOW_OPTIONS + CTC_OPTIONS + HARDWARE_OPTIONS + ("quiet",)))  # fmt: skip
     print(report.table())
     for f in report.failed:
         print(f"xlsr: error: {f['path']}: {f['error']}", file=sys.stderr)
@@ -179,7 +187,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .synth import synth
 
     langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
-    made = synth(args.out, langs, per_lang=args.per_lang, seed=args.seed, quiet=args.quiet)
+    made = synth(args.out, langs, per_lang=args.per_lang, seed=args.seed, quiet=args.quiet, overwrite=args.overwrite)
     counts = ", ".join(f"{len(rows)} {split}" for split, rows in made.items())
     print(f"wrote {args.out}: {counts} clips; manifests {args.out}/train.tsv, valid.tsv, test.tsv")
     return 0
@@ -199,10 +207,27 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def add_training_options(p: argparse.ArgumentParser, valid_required: bool = False) -> None:
+class _PrintConfig(argparse.Action):
+    """--print-config: every configuration key of the command with its default and help, then exit."""
+
+    def __init__(self, option_strings, dest, task: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.task = task
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .training.config import describe_config
+
+        print(describe_config(self.task), end="")
+        parser.exit()
+
+
+def add_training_options(p: argparse.ArgumentParser, task: str, valid_required: bool = False) -> None:
     p.add_argument("--train", required=True, help="training manifest (TSV: path, samples, lang, ...; or fairseq's)")
     p.add_argument("--valid", required=valid_required, help="validation manifest")
-    p.add_argument("--out", required=True, help="output directory; re-running with the same one resumes")
+    p.add_argument("--output-dir", "--out", dest="out", required=True, metavar="DIR",
+                   help="output directory; re-running with the same one resumes")  # fmt: skip
+    p.add_argument("--print-config", action=_PrintConfig, task=task,
+                   help="print every key with its default and help (YAML for --config), and exit")  # fmt: skip
     p.add_argument("--config", help="YAML file of training options (keys as in the resolved config.yaml)")
     p.add_argument(
         "--set",
@@ -214,53 +239,223 @@ def add_training_options(p: argparse.ArgumentParser, valid_required: bool = Fals
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
 
 
-TRANSCRIBE_OPTIONS = (
-    "chunk_seconds",
-    "stride_seconds",
-    "batch_seconds",
-    "lm",
-    "lexicon",
-    "lm_weight",
-    "word_score",
-    "beam_size",
-    "hotwords",
-    "hotword_weight",
-    "device",
-    "dtype",
-    "threads",
-)
+# Option groups: the same flag, name and default in every command that has it (and in the Python function).
+OUTPUT_OPTIONS = ("output_dir", "format", "skip_existing", "quiet")
+WINDOW_OPTIONS = ("chunk_seconds", "stride_seconds", "batch_seconds")
+CTC_OPTIONS = ("lm", "lexicon", "lm_weight", "word_score", "beam_size", "hotwords", "hotword_weight")
+HARDWARE_OPTIONS = ("device", "dtype", "threads")
+GENERATION_OPTIONS = ("beam_size", "max_new_tokens", "max_len_a", "max_len_b", "min_len", "length_penalty",
+                      "no_repeat_ngram_size")  # fmt: skip
 
 
-def add_transcribe_options(p: argparse.ArgumentParser) -> None:
+def options(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    return {k: getattr(args, k) for k in names}
+
+
+def add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="MODEL", help=USE_MODEL_HELP)
+
+
+def add_outputs(p: argparse.ArgumentParser, formats: list[str], help: str, suffix: str | None = None) -> None:
+    g = p.add_argument_group("outputs")
+    if formats:
+        g.add_argument("--format", default=formats[0], choices=formats, help=help)
+    g.add_argument("--output-dir", metavar="DIR",
+                   help=f"write one <name>.{suffix or '<format>'} per input here, atomically (default: print to "
+                   "stdout: one line per file for txt, JSON Lines for json)")  # fmt: skip
+    g.add_argument("--skip-existing", action="store_true", help="with --output-dir: skip inputs already written")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_windows(p: argparse.ArgumentParser, chunk: float = 20.0, stride: bool = True, help_extra: str = "") -> None:
     g = p.add_argument_group("long audio and batching")
-    g.add_argument(
-        "--chunk-seconds",
-        type=float,
-        default=20.0,
-        help="cut recordings into windows this long (default 20; 0: whole files)",
-    )
-    g.add_argument(
-        "--stride-seconds",
-        type=float,
-        default=3.0,
-        help="context on each side of a window, dropped when stitching (default 3)",
-    )
-    g.add_argument(
-        "--batch-seconds", type=float, default=60.0, help="audio per batch, across files sorted by length (default 60)"
-    )
-    g = p.add_argument_group("decoding (greedy unless --lm is given)")
+    g.add_argument("--chunk-seconds", type=float, default=chunk,
+                   help=f"windows this long (default {chunk:g}; 0: whole files){help_extra}")  # fmt: skip
+    if stride:
+        g.add_argument("--stride-seconds", type=float, default=3.0,
+                       help="context on each side of a window, dropped when stitching (default 3)")  # fmt: skip
+    g.add_argument("--batch-seconds", type=float, default=60.0,
+                   help="audio per batch, across files sorted by length (default 60)")  # fmt: skip
+
+
+def add_ctc_decoding(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """`defaults=False` (evaluate): None, so that an option given to the wrong kind of model can be refused."""
+    d = (lambda v: v) if defaults else (lambda v: None)  # noqa: E731
+    g = p.add_argument_group("CTC decoding (greedy unless --lm is given)")
     g.add_argument("--lm", help="KenLM n-gram model (ARPA, or binary with --lexicon) for beam search")
     g.add_argument("--lexicon", help="word list for the LM (default: the ARPA file's words)")
-    g.add_argument("--lm-weight", type=float, default=2.0, help="weight of the LM score (default 2.0)")
-    g.add_argument("--word-score", type=float, default=0.0, help="word insertion score (default 0)")
-    g.add_argument("--beam-size", type=int, default=50, help="beam size (default 50)")
-    g.add_argument("--hotwords", nargs="+", default=(), metavar="WORD", help="words to favour (added to the lexicon)")
-    g.add_argument("--hotword-weight", type=float, default=5.0, help="bonus per hotword, in LM units (default 5)")
+    g.add_argument("--lm-weight", type=float, default=d(2.0), help="weight of the LM score (default 2.0)")
+    g.add_argument("--word-score", type=float, default=d(0.0), help="word insertion score (default 0)")
+    g.add_argument("--beam-size", type=int, default=d(50), help="beam size (default 50)")
+    g.add_argument(
+        "--hotwords", nargs="+", default=d(()), metavar="WORD", help="words to favour (added to the lexicon)"
+    )
+    g.add_argument("--hotword-weight", type=float, default=d(5.0), help="bonus per hotword, in LM units (default 5)")
+
+
+def add_hardware(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("hardware")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     g.add_argument("--dtype", help="float32 (CPU default), float16 (GPU default) or bfloat16")
     g.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
+
+
+def parse_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def parse_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help=MODEL_HELP)
+    p.add_argument("dst", help="output directory (replaced atomically if it is already a model directory)")
+    p.add_argument("--dict", dest="dict_path", metavar="PATH", help="fairseq dictionary (dict.ltr.txt, dict.txt)")
+    p.add_argument("--encoder-only", action="store_true",
+                   help="write the encoder alone (transformers Wav2Vec2Model), dropping any head")  # fmt: skip
+
+
+def parse_init(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="output directory (Hugging Face format)")
+    p.add_argument("--preset", default="tiny", help="xlsr-300m, xlsr-1b, xlsr-2b, wav2vec2-base, small, tiny (default)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the weights")
+
+
+def parse_features(p: argparse.ArgumentParser) -> None:
+    add_model(p)
+    p.add_argument("audio", nargs="+", metavar="AUDIO", help=AUDIO_HELP)
+    p.add_argument("--layer", type=int, metavar="K", help="output of block K instead of the final output")
+    add_outputs(p, [], "", suffix="npy")
+    p.add_argument("--out", help=argparse.SUPPRESS)  # the old spelling of --output-dir (or a .npy for one input)
+    add_windows(p, help_extra="; the Transformer sees one window at a time")
+    add_hardware(p)
+
+
+def parse_transcribe(p: argparse.ArgumentParser) -> None:
+    add_model(p)
+    p.add_argument("audio", nargs="+", metavar="AUDIO", help=AUDIO_HELP)
+    add_outputs(p, ["txt", "json", "srt", "vtt", "tsv"],
+                "txt (default), json (words with times and confidence), srt, vtt, tsv (cues)")  # fmt: skip
+    add_windows(p)
+    add_ctc_decoding(p)
+    add_hardware(p)
+
+
+def parse_identify(p: argparse.ArgumentParser) -> None:
+    add_model(p)
+    p.add_argument("audio", nargs="+", metavar="AUDIO", help=AUDIO_HELP)
+    p.add_argument("--top-k", type=int, default=3, help="labels to report per file (default 3)")
+    add_outputs(p, ["txt", "json", "tsv"], "txt (default: the top-k 'label probability' pairs), json, tsv")
+    add_windows(p, chunk=10.0, stride=False)
+    add_hardware(p)
+
+
+def parse_translate(p: argparse.ArgumentParser) -> None:
+    add_model(p)
+    p.add_argument("audio", nargs="+", metavar="AUDIO", help=AUDIO_HELP)
+    p.add_argument("--target-lang", metavar="LANG",
+                   help="target language: mBART-50 code (de_DE) or ISO 639-1 (de); default: the model's own, "
+                   "else English")  # fmt: skip
+    add_outputs(p, ["txt", "json", "srt", "vtt"], "txt (default), json (text, segments with times, tokens), srt, vtt")
+    g = p.add_argument_group("generation (fairseq's beam search rules)")
+    g.add_argument("--beam-size", type=int, default=5, help="beam size (default 5; 1: greedy)")
+    g.add_argument("--max-new-tokens", type=int, help="at most this many tokens after the language tag")
+    g.add_argument("--max-len-a", type=float, default=0.0, help="max length = a * encoder frames + b (default a=0)")
+    g.add_argument("--max-len-b", type=int, default=200, help="(default b=200)")
+    g.add_argument("--min-len", type=int, default=1, help="no </s> before this many tokens (default 1)")
+    g.add_argument("--length-penalty", type=float, default=1.0, help="score = log-prob / length ** this (default 1)")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0, help="ban repeated n-grams of this size (0: off)")
+    g = p.add_argument_group("long audio and batching")
+    g.add_argument("--segment-seconds", type=float, default=30.0,
+                   help="cut longer recordings at pauses into segments of at most this long (default 30)")  # fmt: skip
+    g.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (default 60)")
+    add_hardware(p)
+
+
+def parse_evaluate(p: argparse.ArgumentParser) -> None:
+    add_model(p)
+    p.add_argument("audio", nargs="+", metavar="MANIFEST",
+                   help="TSV manifest with 'path' and 'text' (CTC) or a label column, optionally 'lang'")  # fmt: skip
+    g = p.add_argument_group("outputs")
+    g.add_argument(
+        "--output-dir", metavar="DIR", help="also write the full report (every utterance) as DIR/report.json"
+    )
+    g.add_argument("--json", dest="json_path", metavar="PATH", help=argparse.SUPPRESS)  # the old spelling
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("long audio and batching")
+    g.add_argument(
+        "--chunk-seconds",
+        type=float,
+        help="window length (default: transcribe's 20 for CTC models, identify's 10 for classifiers)",
+    )
+    g.add_argument("--stride-seconds", type=float, help="CTC models: context on each side of a window (default 3)")
+    g.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (default 60)")
+    add_ctc_decoding(p, defaults=False)
+    g = p.add_argument_group("classification models")
+    g.add_argument("--label-column", help="the manifest column holding the true label (default lang)")
+    g.add_argument("--crops", type=int, nargs="?", const=10, metavar="N",
+                   help="fairseq's LID procedure: N random crops per utterance (10 when N is left out), softmax per "
+                   "crop, probabilities averaged (default: whole utterances, in windows)")  # fmt: skip
+    g.add_argument("--crop-seconds", type=float, help="crop length for --crops (default 10)")
+    g.add_argument("--plot", metavar="PNG", help="write the confusion matrix as a PNG image")
+    add_hardware(p)
+
+
+COMMANDS = {  # name: (parser builder, handler, one-line help, description)
+    "info": (parse_info, cmd_info, "describe a model: family, architecture, size, vocabulary, origin", None),
+    "convert": (
+        parse_convert,
+        cmd_convert,
+        "convert a model into a Hugging Face directory",
+        "Convert a fairseq .pt (its dictionary beside it, or --dict), an xlsr checkpoint or a Hugging Face "
+        "directory into a Hugging Face model directory (safetensors) that transformers loads.",
+    ),
+    "init": (parse_init, cmd_init, "write a new randomly initialised model of a preset", None),
+    "features": (
+        parse_features,
+        cmd_features,
+        "extract representations: one .npy of shape (frames, dim) per input",
+        "Extract XLS-R representations (one vector per 20 ms). By default the encoder's final output "
+        "(transformers' last_hidden_state); with --layer K the output of transformer block K "
+        "(transformers' hidden_states[K], 0 = the input of the first block). Long recordings are cut into "
+        "windows (--chunk-seconds) stitched exactly; a file that cannot be read is reported on one line and "
+        "every other file is still written.",
+    ),
+    "transcribe": (
+        parse_transcribe,
+        cmd_transcribe,
+        "speech to text with a CTC model",
+        "Transcribe audio with a CTC model (greedy, or beam search with a KenLM n-gram model). Files of any "
+        "length are cut into overlapping windows, decoded as they complete; files are sorted by length "
+        "and batched. A file that cannot be read is reported on one line and every other file is still "
+        "transcribed; the exit code is 1 if any failed. Under torchrun the files are shared out.",
+    ),
+    "identify": (
+        parse_identify,
+        cmd_identify,
+        "top-k labels (languages, speakers) of audio files",
+        "Classify audio files with a classification model (e.g. language ID): each file's class "
+        "probabilities, averaged over windows of --chunk-seconds, and the top-k labels. Files of any length "
+        "and number; a file that cannot be read is reported on one line and the others are still done.",
+    ),
+    "translate": (
+        parse_translate,
+        cmd_translate,
+        "speech translation with an XLS-R encoder-decoder model",
+        "Translate speech with a speech-translation model (XLS-R encoder + mBART-50 decoder: a Hugging Face "
+        "SpeechEncoderDecoderModel directory or a fairseq xm_transformer checkpoint with its dict.txt and "
+        "sentencepiece model beside it). Long recordings are cut at pauses into segments, each translated "
+        "with its times (srt, vtt, json). Beam search follows fairseq's rules.",
+    ),
+    "evaluate": (
+        parse_evaluate,
+        cmd_evaluate,
+        "score a model on a manifest: WER/CER (CTC) or accuracy (classifier)",
+        "CTC models: transcribe a manifest with a 'text' column and report word and character error rates "
+        "(jiwer), overall and per language, after lower-casing and removing punctuation on both sides. "
+        "Classification models: accuracy overall, per class and per duration (0-5 s, 5-20 s), and a "
+        "confusion matrix, against the manifest's --label-column. An option of the other kind of model is "
+        "refused.",
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,111 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xlsr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, func: Callable, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    def command(name: str, func: Callable | None, help: str, description: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description or help)
         p.set_defaults(func=func)
         return p
 
-    p = command("info", cmd_info, "describe a model: architecture, size, vocabulary, origin")
-    p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    p = command(
-        "convert",
-        cmd_convert,
-        "convert a model into a Hugging Face directory",
-        "Convert a fairseq .pt (its dict.ltr.txt beside it, or --dict), an xlsr checkpoint or a Hugging Face "
-        "directory into a Hugging Face model directory (safetensors) that transformers loads.",
-    )
-    p.add_argument("src", help=MODEL_HELP)
-    p.add_argument("dst", help="output directory (replaced atomically if it is already a model directory)")
-    p.add_argument("--dict", dest="dict_path", metavar="PATH", help="fairseq letter dictionary of a CTC model")
-    p.add_argument(
-        "--encoder-only",
-        action="store_true",
-        help="write the encoder alone (transformers Wav2Vec2Model), dropping any head",
-    )
-
-    p = command("init", cmd_init, "write a new randomly initialised model of a preset")
-    p.add_argument("out", help="output directory (Hugging Face format)")
-    p.add_argument("--preset", default="tiny", help="xlsr-300m, xlsr-1b, xlsr-2b, wav2vec2-base, small, tiny (default)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the weights")
-
-    p = command(
-        "features",
-        cmd_features,
-        "extract representations: one .npy of shape (frames, dim) per input",
-        "Extract XLS-R representations (one vector per 20 ms). By default the encoder's final output "
-        "(transformers' last_hidden_state); with --layer K the output of transformer block K "
-        "(transformers' hidden_states[K], 0 = the input of the first block). Each file is processed whole.",
-    )
-    p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("audio", nargs="+", help=AUDIO_HELP)
-    p.add_argument("--out", required=True, help="a .npy file for one input, or a folder for several")
-    p.add_argument("--layer", type=int, metavar="K", help="output of block K instead of the final output")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no per-file lines")
-
-    p = command(
-        "transcribe",
-        cmd_transcribe,
-        "speech to text with a CTC model",
-        "Transcribe audio with a CTC model (greedy, or beam search with a KenLM n-gram model). Files of any "
-        "length are cut into overlapping windows; files are sorted by length and batched. A file that cannot be "
-        "read is reported on one line and every other file is still transcribed; the exit code is 1 if any failed.",
-    )
-    p.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO", help=INPUTS_HELP)
-    p.add_argument(
-        "--format",
-        default="txt",
-        choices=["txt", "json", "srt", "vtt", "tsv"],
-        help="txt (default), json (words with times and confidence), srt, vtt, tsv (cues)",
-    )
-    p.add_argument("--output-dir", help="write one <name>.<format> per input here (default: print to stdout)")
-    p.add_argument("--skip-existing", action="store_true", help="with --output-dir: skip inputs already written")
-    add_transcribe_options(p)
-
-    p = command(
-        "evaluate",
-        cmd_evaluate,
-        "score a model on a manifest: WER/CER (CTC) or accuracy (classification)",
-        "CTC models: transcribe a manifest with a 'text' column and report word and character error rates "
-        "(jiwer), overall and per language, after lower-casing and removing punctuation on both sides. "
-        "Classification models: accuracy overall, per class and per duration (0-5 s, 5-20 s), and a confusion "
-        "matrix, against the manifest's --label-column.",
-    )
-    p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("manifest", help="TSV manifest with 'path' and 'text' (CTC) or a label column, optionally 'lang'")
-    p.add_argument("--json", metavar="PATH", help="also write the full report (with every utterance) as JSON")
-    g = p.add_argument_group("classification models")
-    g.add_argument("--label-column", default="lang", help="the manifest column holding the true label (default lang)")
-    g.add_argument("--crops", type=int, nargs="?", const=10, metavar="N",
-                   help="fairseq's LID procedure: N random crops per utterance (10 when N is left out), softmax per "
-                   "crop, probabilities averaged (default: whole utterances, in windows)")  # fmt: skip
-    g.add_argument("--crop-seconds", type=float, default=10.0, help="crop length for --crops (default 10)")
-    g.add_argument("--plot", metavar="PNG", help="write the confusion matrix as a PNG image")
-    add_transcribe_options(p)
-
-    p = command(
-        "identify",
-        cmd_identify,
-        "top-k labels (languages, speakers) of audio files with a classification model",
-        "Classify audio files with a classification model (e.g. language ID): each file's class probabilities, "
-        "averaged over windows of --chunk-seconds, and the top-k labels. Files of any length and number; a file "
-        "that cannot be read is reported on one line and the others are still done.",
-    )
-    p.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO", help=INPUTS_HELP)
-    p.add_argument("--top-k", type=int, default=3, help="labels to report per file (default 3)")
-    p.add_argument("--format", default="txt", choices=["txt", "json", "tsv"],
-                   help="txt (default: 'label probability' lines; one per file for several), json, tsv")  # fmt: skip
-    p.add_argument("--output-dir", help="write one <name>.<format> per input here (default: print to stdout)")
-    p.add_argument("--skip-existing", action="store_true", help="with --output-dir: skip inputs already written")
-    p.add_argument("--chunk-seconds", type=float, default=10.0, help="window length for long files (default 10)")
-    p.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (default 60)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", help="float32 (CPU default), float16 (GPU default) or bfloat16")
-    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name, (build, func, help, description) in COMMANDS.items():
+        build(command(name, func, help, description))
 
     p = command(
         "pretrain",
@@ -387,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes OUT/config.yaml (every option, resolved), logs (log.jsonl, train.csv, valid.csv, tb/) and "
         "OUT/checkpoints/; a killed run resumes where its last checkpoint left off when re-run.",
     )
-    add_training_options(p)
+    add_training_options(p, "pretrain")
     p.add_argument(
         "--preset", help="model size from scratch: xlsr-300m (default), xlsr-1b, xlsr-2b, wav2vec2-base, small, tiny"
     )
@@ -401,12 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
         "make a multilingual speech corpus with espeak-ng",
         "Speak phrases of the Universal Declaration of Human Rights with espeak-ng (Debian package espeak-ng) in "
         "several languages, with varied voices, speeds and pitches; write 16 kHz FLAC clips and train/valid/test "
-        "manifests (path, samples, lang, text; split by phrase). Deterministic for a given seed.",
+        "manifests (path, samples, lang, text, speaker; split by phrase). Deterministic for a given seed; an "
+        "interrupted run resumes; a folder that already holds a corpus is refused unless --overwrite.",
     )
     p.add_argument("out", help="output folder")
     p.add_argument("--langs", help=f"comma-separated languages (default: all of {','.join(languages())})")
     p.add_argument("--per-lang", type=int, default=200, help="clips per language, over the three splits (200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a corpus already in OUT (its clips and manifests)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command("finetune", None, "fine-tune a pretrained model: speech recognition (ctc) or classification")
@@ -423,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
         "directory: xlsr transcribe and transformers' pipeline load it). DDP with torchrun; re-run to resume.",
     )
     p.set_defaults(func=cmd_finetune_ctc)
-    add_training_options(p, valid_required=True)
+    add_training_options(p, "ctc", valid_required=True)
     p.add_argument("--init", required=True, help="the pretrained model: " + MODEL_HELP)
     p.add_argument("--vocab", help="use this vocab.json (or a model directory's) instead of building one")
 
@@ -437,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
         "validate_interval_updates; the best model goes to OUT/best/ (a Hugging Face directory with id2label).",
     )
     p.set_defaults(func=cmd_finetune_classify)
-    add_training_options(p, valid_required=True)
+    add_training_options(p, "classify", valid_required=True)
     p.add_argument("--init", required=True, help="the pretrained model: " + MODEL_HELP)
     p.add_argument("--label-column", help="manifest column with the labels (default lang)")
     return parser

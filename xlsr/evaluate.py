@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import jiwer
+from torch import nn
 
 from .checkpoints import load_model
 from .checkpoints.io import atomic_write_text
 from .data.manifest import read_manifest
 from .errors import ConfigError, DataError
-from .models import Wav2Vec2Model
 from .runtime import resolve_device
 from .text.normalize import TextNormalization, normalize_text
 
@@ -66,37 +66,83 @@ def error_rates(references: list[str], hypotheses: list[str]) -> ErrorRates:
     )
 
 
+# Options that only one kind of model takes; given to the other kind they are refused, never dropped.
+CTC_OPTIONS = ("stride_seconds", "lm", "lexicon", "lm_weight", "word_score", "beam_size", "hotwords", "hotword_weight")
+CLASSIFIER_OPTIONS = ("label_column", "crops", "crop_seconds", "plot")
+REPORT_FILE = "report.json"
+
+
 def evaluate(
-    model: str | Path | Wav2Vec2Model,
+    model: str | Path | nn.Module | None,
     manifest: str | Path,
+    output_dir: str | Path | None = None,
     json_path: str | Path | None = None,
     normalization: TextNormalization = TextNormalization(),
-    device: str | None = None,
-    quiet: bool = False,
-    label_column: str = "lang",
+    chunk_seconds: float | None = None,
+    batch_seconds: float = 60.0,
+    stride_seconds: float | None = None,
+    lm: str | None = None,
+    lexicon: str | None = None,
+    lm_weight: float | None = None,
+    word_score: float | None = None,
+    beam_size: int | None = None,
+    hotwords: tuple[str, ...] | None = None,
+    hotword_weight: float | None = None,
+    label_column: str | None = None,
     crops: int | None = None,
-    crop_seconds: float = 10.0,
+    crop_seconds: float | None = None,
     plot: str | Path | None = None,
-    **transcribe_options: Any,
+    device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    quiet: bool = False,
 ):
     """Transcribes (CTC) or classifies (classification head) a manifest and scores it against its references.
-    `label_column`, `crops`, `crop_seconds` and `plot` concern classification models (see `classify.py`)."""
-    net = model if isinstance(model, Wav2Vec2Model) else load_model(model, device=resolve_device(device))
-    if net.cfg.head == "classification":
+
+    model: any model xlsr reads (None: the bundled CTC model). The report goes to `output_dir/report.json`
+    (and `json_path`, the old spelling). CTC models take the decoding options of `transcribe`
+    (`CTC_OPTIONS`); classifiers `label_column` (default lang), `crops`, `crop_seconds` (default 10) and
+    `plot` (see `classify.py`). An option of the other kind is refused in one line, never silently dropped;
+    options left at None take the defaults of `xlsr transcribe` / `xlsr identify`.
+    """
+    net = model if isinstance(model, nn.Module) else load_model(model, device=resolve_device(device))
+    given = {k: v for k, v in locals().items() if k in CTC_OPTIONS + CLASSIFIER_OPTIONS and v not in (None, ())}
+    classifier = getattr(net.cfg, "head", None) == "classification"
+    wrong = [k for k in given if k in (CTC_OPTIONS if classifier else CLASSIFIER_OPTIONS)]
+    if wrong:
+        kind, other = ("a classification model", "CTC models") if classifier else ("a CTC model", "classifiers")
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        raise ConfigError(f"{flags}: not an option for {kind} ({net.source}); it applies to {other}")
+    report_paths = [Path(output_dir) / REPORT_FILE] if output_dir else []
+    report_paths += [Path(json_path)] if json_path else []
+    common = dict(batch_seconds=batch_seconds, device=device, dtype=dtype, threads=threads, quiet=quiet)
+    if classifier:
         from .classify import evaluate_classifier
 
-        return evaluate_classifier(net, manifest, json_path=json_path, label_column=label_column, crops=crops,
-                                   crop_seconds=crop_seconds, plot=plot, device=device, quiet=quiet,
-                                   **transcribe_options)  # fmt: skip
-    if crops or plot:
-        raise ConfigError("--crops and --plot apply to classification models")
+        if chunk_seconds is not None:
+            common["chunk_seconds"] = chunk_seconds
+        report = evaluate_classifier(net, manifest, label_column=label_column or "lang", crops=crops,
+                                     crop_seconds=10.0 if crop_seconds is None else crop_seconds, plot=plot,
+                                     **common)  # fmt: skip
+    else:
+        report = _evaluate_ctc(net, manifest, normalization, chunk_seconds=chunk_seconds, **given, **common)
+    for path in report_paths:
+        atomic_write_text(path, json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    return report
+
+
+def _evaluate_ctc(
+    net: nn.Module, manifest: str | Path, normalization: TextNormalization, chunk_seconds: float | None, **options: Any
+) -> AsrReport:
     from .transcribe import transcribe
 
     utterances = read_manifest(manifest)
     missing = [u.path for u in utterances if u.text is None]
     if missing:
         raise DataError(f"{manifest}: evaluation needs a 'text' column ({len(missing)} rows have none)")
-    transcripts = transcribe(net, [manifest], device=device, quiet=quiet, **transcribe_options)
+    if chunk_seconds is not None:
+        options["chunk_seconds"] = chunk_seconds
+    transcripts = transcribe(net, [manifest], **options)
     groups: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     report = AsrReport(ErrorRates(0, 0, 0, 0), {})
     for u, t in zip(utterances, transcripts, strict=True):
@@ -115,6 +161,4 @@ def evaluate(
         raise DataError(f"{manifest}: no utterance could be scored")
     report.overall = error_rates(*groups.pop("all"))
     report.per_language = {k: error_rates(*v) for k, v in groups.items()} or {"all": report.overall}
-    if json_path:
-        atomic_write_text(json_path, json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
     return report

@@ -1,78 +1,133 @@
-"""Feature extraction: one (frames, dim) array per audio file, from the final output or any block."""
+"""`xlsr features`: one (frames, dim) array per audio file, from the final output or any block.
+
+Files go through the shared inference driver (`driver.py`: one line per bad input, the others written,
+atomic writes, --skip-existing) and the window runner (`inference.py`: long recordings in windows of
+`chunk_seconds` with `stride_seconds` of context, stitched exactly, so memory holds one batch of windows and
+the file's features, never the whole recording's activations).
+"""
 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from .audio import load_audio, normalize
+from .audio import normalize
 from .checkpoints import load_model
-from .checkpoints.io import atomic_path
-from .data.manifest import InputError, Utterance, expand_inputs, output_names
-from .errors import ConfigError, XlsrError
-from .models import Wav2Vec2Model
-from .runtime import progress, resolve_device
+from .driver import run_inputs, write_atomic
+from .errors import ConfigError
+from .inference import FrameCollector, WindowedRunner
+from .runtime import progress, resolve_device, resolve_dtype, set_threads
 
 
 @dataclass
-class FileResult:
-    input: str
+class FeatureFile:
+    path: str
     output: str | None = None
+    shape: tuple[int, ...] = ()
+    model: str = ""
     error: str | None = None
+    skipped: bool = False
+    array: np.ndarray | None = None  # the features, until written
+
+    @property
+    def input(self) -> str:  # the name the command line has always printed
+        return self.path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "output": self.output, "shape": list(self.shape), "model": self.model,
+                "error": self.error}  # fmt: skip
+
+
+def _npy(r: FeatureFile, _: str) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, r.array)
+    return buf.getvalue()
 
 
 @torch.inference_mode()
-def embed(model: Wav2Vec2Model, waveform: np.ndarray, layer: int | None = None) -> np.ndarray:
+def embed(model: nn.Module, waveform: np.ndarray, layer: int | None = None) -> np.ndarray:
     """(S,) float32 16 kHz -> (T, D) float32: the encoder's final output (transformers
     `last_hidden_state`), or with `layer=K` the output of block K (transformers `hidden_states[K]`;
-    0 is the input of the first block)."""
-    device = model.mask_emb.device
-    x = torch.as_tensor(waveform, dtype=torch.float32, device=device)[None]
+    0 is the input of the first block). One file, whole: `features` streams long files in windows."""
+    p = next(model.parameters())
+    x = torch.as_tensor(waveform, dtype=torch.float32, device=p.device)[None]
     if model.preprocessing.do_normalize:
         x = normalize(x, eps=model.preprocessing.normalize_eps)
-    x = x.to(model.mask_emb.dtype)
-    return model.encode(x, num_layers=layer).x[0].float().cpu().numpy()  # with num_layers=K, x is block K's output
+    return model.encode(x.to(p.dtype), num_layers=layer).x[0].float().cpu().numpy()
 
 
 def features(
-    model: str | Path | Wav2Vec2Model,
+    model: str | Path | nn.Module | None,
     audio: list[str | Path],
-    out: str | Path,
+    output_dir: str | Path | None = None,
     layer: int | None = None,
+    chunk_seconds: float = 20.0,
+    stride_seconds: float = 3.0,
+    batch_seconds: float = 60.0,
     device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    skip_existing: bool = False,
     quiet: bool = False,
-) -> list[FileResult]:
-    """Writes `out` (a .npy file) for one input, or `out/<name>.npy` for several. A file that cannot be
-    read is reported in its FileResult and the others are still written."""
-    net = model if isinstance(model, Wav2Vec2Model) else load_model(model, device=resolve_device(device))
+    out: str | Path | None = None,
+) -> list[FeatureFile]:
+    """Writes `output_dir/<name>.npy` per input ((frames, dim) float32); one result per input, in input order.
+
+    model: any wav2vec2 model xlsr reads (None: the bundled reference model's encoder). `out` is the old
+    spelling: a folder (= output_dir), or a `.npy` file for a single input. A file that cannot be read is
+    reported in its result and the others are still written.
+    """
+    single = None
+    if out is not None:
+        warnings.warn("features(out=...) / --out is now output_dir / --output-dir", FutureWarning, stacklevel=2)
+        if Path(out).suffix == ".npy":
+            single = Path(out)
+        else:
+            output_dir = out
+    if output_dir is None and single is None:
+        raise ConfigError("features need --output-dir (one .npy per input)")
+    if single is not None and (len(audio) != 1 or Path(audio[0]).is_dir() or Path(audio[0]).suffix == ".tsv"):
+        raise ConfigError(f"{single}: a single .npy holds one file's features; give --output-dir for several")
+    set_threads(threads)
+    dev = resolve_device(device)
+    net = model if isinstance(model, nn.Module) else load_model(model, device=dev, kind="asr")
+    net = net.to(device=dev, dtype=resolve_dtype(dtype, dev))
+    if not hasattr(net, "encode") or not hasattr(net.cfg, "encoder_layers"):
+        raise ConfigError(f"{net.source}: features come from wav2vec2 encoders, not from a {type(net).__name__}")
     if layer is not None and not 0 <= layer <= net.cfg.encoder_layers:
         raise ConfigError(f"--layer must be between 0 and {net.cfg.encoder_layers} for this model, not {layer}")
-    entries = expand_inputs(audio)
-    items = [u for u in entries if isinstance(u, Utterance)]
-    out = Path(out)
-    single = len(entries) == 1 and len(items) == 1 and out.suffix == ".npy"
-    names = iter(output_names([u.path for u in items]))
-    bar = progress(len(items), "features", "file", quiet)
-    results = []
-    for utt in entries:
-        if isinstance(utt, InputError):
-            results.append(FileResult(utt.path, error=utt.cause))
-            continue
-        name = next(names)
-        dest = out if single else out / f"{name}.npy"
-        try:
-            array = embed(net, load_audio(utt.path, net.preprocessing.sample_rate), layer)
-            buf = io.BytesIO()
-            np.save(buf, array)
-            with atomic_path(dest) as tmp:
-                tmp.write_bytes(buf.getvalue())
-            results.append(FileResult(str(utt.path), output=str(dest)))
-        except XlsrError as e:
-            results.append(FileResult(str(utt.path), error=str(e).removeprefix(f"{utt.path}: ")))
-        bar.update(1)
-    bar.close()
-    return results
+
+    def forward(waves, lengths):  # with num_layers=K, x is block K's output
+        return net.encode(waves, lengths, num_layers=layer).x
+
+    runner = WindowedRunner.for_model(net, forward, chunk_seconds, stride_seconds, batch_seconds)
+
+    def process(paths, samples):
+        bar = progress(None, "features", "s", quiet, bar_format="{desc}: {n:.0f} s of audio [{elapsed}]")
+        for done in runner.run(paths, samples, bar, consumer=FrameCollector):
+            path = str(paths[done.item])
+            if done.outputs is None:
+                yield done.item, FeatureFile(path, model=net.source, error=done.error)
+                continue
+            array = done.outputs.astype(np.float32)
+            r = FeatureFile(path, shape=array.shape, model=net.source, array=array)
+            if single is not None:
+                write_atomic(single, _npy(r, "npy"))
+                r.output = str(single)
+            yield done.item, r
+        bar.close()
+
+    if single is not None:
+        return run_inputs(audio, process, FeatureFile, net.source, on_result=_drop_array)
+    return run_inputs(audio, process, FeatureFile, net.source, output_dir, "npy", skip_existing, _npy, _drop_array)
+
+
+def _drop_array(r: FeatureFile) -> None:
+    r.array = None  # written: the result keeps its shape and file name only

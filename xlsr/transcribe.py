@@ -2,33 +2,30 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .checkpoints import load_model
-from .checkpoints.io import atomic_write_text
-from .data.manifest import InputError, Utterance, expand_inputs, output_names
-from .decoding.ctc import BeamSearchDecoder, BeamSearchOptions, greedy
+from .decoding.ctc import BeamSearchDecoder, BeamSearchOptions, GreedyStream
+from .driver import check_format, print_results, run_inputs
 from .errors import ConfigError
-from .inference import WindowedRunner
-from .models import Wav2Vec2Model
+from .inference import MIN_SPEECH_SECONDS, WindowedRunner, WithSpeech
 from .runtime import progress, resolve_device, resolve_dtype, set_threads
 from .writers import FORMATS, Transcript, render
 
 
-def ctc_model(model: str | Path | Wav2Vec2Model, device: str | None, dtype: str | None) -> Wav2Vec2Model:
-    """Loads a model and checks that it can transcribe."""
+def ctc_model(model: str | Path | nn.Module | None, device: str | None, dtype: str | None) -> nn.Module:
+    """Loads a model (None: the bundled one) and checks that it can transcribe."""
     dev = resolve_device(device)
-    net = model if isinstance(model, Wav2Vec2Model) else load_model(model, device=dev)
-    if net.cfg.head != "ctc":
+    net = model if isinstance(model, nn.Module) else load_model(model, device=dev, kind="asr")
+    head = getattr(net.cfg, "head", type(net).__name__)
+    if head != "ctc":
         raise ConfigError(
-            f"{net.source} has no CTC head ({net.cfg.head}): it cannot transcribe; "
-            "fine-tune it first with `xlsr finetune ctc`"
+            f"{net.source} has no CTC head ({head}): it cannot transcribe; fine-tune it first with `xlsr finetune ctc`"
         )
     if net.tokenizer is None:
         raise ConfigError(f"{net.source} has no vocabulary (vocab.json), so its outputs cannot be read as text")
@@ -36,7 +33,7 @@ def ctc_model(model: str | Path | Wav2Vec2Model, device: str | None, dtype: str 
 
 
 def transcribe(
-    model: str | Path | Wav2Vec2Model,
+    model: str | Path | nn.Module | None,
     audio: list[str | Path],
     output_dir: str | Path | None = None,
     format: str = "txt",
@@ -59,13 +56,14 @@ def transcribe(
 ) -> list[Transcript]:
     """Transcribes files, folders and manifests; returns one Transcript per input, in input order.
 
-    A file that cannot be read gets a Transcript with `error` set; every other file is still transcribed.
-    With `output_dir`, each transcript is written (atomically) as soon as its file is done, as
-    `<name>.<format>`; `skip_existing` skips inputs whose output is already there. Without `lm`, decoding
-    is greedy; with it, a beam search with that KenLM model (see `BeamSearchOptions`).
+    model: any model xlsr reads (None: the bundled reference model). A file that cannot be read gets a
+    Transcript with `error` set; every other file is still transcribed. With `output_dir`, each transcript is
+    written (atomically) as soon as its file is done, as `<name>.<format>`; `skip_existing` skips inputs whose
+    output is already there. Without `lm`, decoding is greedy; with it, a beam search with that KenLM model
+    (see `BeamSearchOptions`). Each window is decoded as soon as its batch is done: memory holds the text and
+    timestamps of a recording, never its frame outputs.
     """
-    if format not in FORMATS:
-        raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    check_format(format, FORMATS)
     set_threads(threads)
     net = ctc_model(model, device, dtype)
     decoder = None
@@ -76,61 +74,35 @@ def transcribe(
         decoder = BeamSearchDecoder(net.tokenizer, options)
     elif hotwords or lexicon:
         raise ConfigError("--hotwords and --lexicon need an n-gram language model (--lm)")
-    runner = WindowedRunner(
+    runner = WindowedRunner.for_model(
         net, lambda w, n: torch.log_softmax(net(w, n).float(), dim=-1), chunk_seconds, stride_seconds, batch_seconds
     )
-    entries = expand_inputs(audio)
-    results: list[Transcript | None] = [None] * len(entries)
-    items = {i: u for i, u in enumerate(entries) if isinstance(u, Utterance)}
-    names = dict(zip(items, output_names([u.path for u in items.values()])))
-    out_dir = Path(output_dir) if output_dir else None
 
-    def finish(i: int, t: Transcript) -> None:
-        results[i] = t
-        if out_dir and t.error is None and not t.skipped:
-            atomic_write_text(out_dir / f"{names[i]}.{format}", render(t, format))
-        if on_result:
-            on_result(t)
+    def stream():
+        inner = decoder.stream(runner.frame_seconds) if decoder else GreedyStream(net.tokenizer, runner.frame_seconds)
+        return WithSpeech(inner, runner.sample_rate)
 
-    todo = []
-    for i, entry in enumerate(entries):
-        if isinstance(entry, InputError):
-            finish(i, Transcript(entry.path, model=net.source, error=entry.cause))
-        elif out_dir and skip_existing and (out_dir / f"{names[i]}.{format}").exists():
-            finish(i, Transcript(str(entry.path), model=net.source, skipped=True))
-        else:
-            todo.append(i)
+    def process(paths, samples):
+        bar = progress(None, "transcribe", "s", quiet, bar_format="{desc}: {n:.0f} s of audio [{elapsed}] {postfix}")
+        started, files = time.perf_counter(), 0
+        for done in runner.run(paths, samples, bar, consumer=stream):
+            path = str(paths[done.item])
+            if done.outputs is None:
+                yield done.item, Transcript(path, model=net.source, error=done.error)
+                continue
+            hyp, speech = done.outputs
+            files += 1
+            speed = bar.n / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix_str(f"{files}/{len(paths)} files, {speed:.1f}x real time")
+            if speech < MIN_SPEECH_SECONDS:  # silence, noise, a click: no transcript rather than a guess
+                yield done.item, Transcript(path, duration=done.seconds, model=net.source, no_speech=True)
+                continue
+            yield done.item, Transcript(path, hyp.text, hyp.words, done.seconds, net.source)
+        bar.close()
 
-    def decode(log_probs):
-        if decoder is not None:
-            return decoder.decode(log_probs, runner.frame_seconds)
-        return greedy(log_probs, net.tokenizer, runner.frame_seconds)
-
-    bar = progress(None, "transcribe", "s", quiet, bar_format="{desc}: {n:.0f} s of audio [{elapsed}] {postfix}")
-    started, done_files = time.perf_counter(), 0
-    for done in runner.run([items[i].path for i in todo], [items[i].samples for i in todo], bar):
-        i = todo[done.item]
-        path = str(items[i].path)
-        if done.outputs is None:
-            finish(i, Transcript(path, model=net.source, error=done.error))
-            continue
-        hyp = decode(done.outputs)
-        finish(i, Transcript(path, hyp.text, hyp.words, done.seconds, net.source))
-        done_files += 1
-        speed = bar.n / max(time.perf_counter() - started, 1e-9)
-        bar.set_postfix_str(f"{done_files}/{len(todo)} files, {speed:.1f}x real time")
-    bar.close()
-    return [r for r in results if r is not None]
+    return run_inputs(audio, process, Transcript, net.source, output_dir, format, skip_existing, render, on_result)
 
 
 def print_transcripts(transcripts: list[Transcript], format: str, stream=None) -> None:
-    """To stdout: one file as the format itself; several as TSV lines (txt) or JSON lines (json)."""
-    stream = stream or sys.stdout
-    ok = [t for t in transcripts if t.error is None and not t.skipped]
-    if len(transcripts) == 1 and ok:
-        stream.write(render(ok[0], format))
-        return
-    if format in ("srt", "vtt", "tsv") and len(ok) > 1:
-        raise ConfigError(f"--format {format} for several files needs --output-dir (one file per input)")
-    for t in ok:
-        stream.write(f"{t.path}\t{t.text}\n" if format == "txt" else json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+    """To stdout, the same shape for any number of files: `path<TAB>text` lines (txt), JSON Lines (json)."""
+    print_results(transcripts, format, lambda t: f"{t.path}\t{t.text}", render, stream)

@@ -27,6 +27,7 @@ class Transcript:
     model: str = ""
     error: str | None = None
     skipped: bool = False  # its output already existed (--skip-existing)
+    no_speech: bool = False  # the speech detector found none: the text is empty, not a guess
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

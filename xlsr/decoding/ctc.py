@@ -10,9 +10,11 @@ are added to the lexicon and get a bonus on top of the LM score.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,59 +48,111 @@ class Hypothesis:
     score: float | None = None  # beam search: acoustic + weighted LM score
 
 
-def align(path: np.ndarray, frame_probs: np.ndarray, tokenizer: CTCTokenizer, frame_seconds: float) -> Hypothesis:
-    """A frame-level CTC path -> text, characters and words with times and confidences.
+class Alignment:
+    """A frame-level CTC path, given piece by piece -> text, words (and characters) with times and confidences.
 
-    path: (T,) token id per frame; frame_probs: (T,) probability of that token at that frame. A character
-    spans its run of frames: start = first frame * frame_seconds, end = (last frame + 1) * frame_seconds,
-    as transformers' `output_char_offsets` (times = offsets * inputs_to_logits_ratio / sampling_rate).
+    `add(path, frame_probs)` takes the next frames' token ids (t,) and the probability of each (t,); a
+    character spans its run of frames (start = first frame * frame_seconds, end = (last frame + 1) *
+    frame_seconds, as transformers' `output_char_offsets`), its confidence is the geometric mean of its frames'
+    probabilities, a word's that of its characters' frames. Only the current run and the current word are held
+    between calls, so a recording's memory is its words, never its frames: windows are decoded as they complete.
     """
-    text = tokenizer.decode(path.tolist())
-    if len(path) == 0:
-        return Hypothesis(text)
-    change = np.flatnonzero(np.diff(path)) + 1
-    starts = np.concatenate([[0], change])
-    ends = np.concatenate([change, [len(path)]])
-    log_probs = np.log(np.clip(frame_probs, 1e-12, 1.0))
-    cumulative = np.concatenate([[0.0], np.cumsum(log_probs)])
-    chars: list[Token] = []
-    frames: list[tuple[int, int]] = []
-    for s, e in zip(starts.tolist(), ends.tolist()):
-        token_id = int(path[s])
-        if token_id == tokenizer.blank_id:
-            continue
-        token = tokenizer.tokens[token_id] if token_id < len(tokenizer) else tokenizer.unk_token
-        text_of = " " if token == tokenizer.word_delimiter_token else token
-        confidence = math.exp((cumulative[e] - cumulative[s]) / (e - s))
-        chars.append(Token(text_of, s * frame_seconds, e * frame_seconds, confidence))
-        frames.append((s, e))
-    words: list[Word] = []
-    current: list[int] = []
-    for i, c in enumerate(chars + [Token(" ", 0, 0, 1)]):
-        if c.text != " ":
-            current.append(i)
-            continue
-        if current:
-            s, e = frames[current[0]][0], frames[current[-1]][1]
-            logp = sum(cumulative[frames[j][1]] - cumulative[frames[j][0]] for j in current)
-            n = sum(frames[j][1] - frames[j][0] for j in current)
-            word = "".join(chars[j].text for j in current)
-            words.append(
-                Word(
-                    word.lower() if tokenizer.do_lower_case else word,
-                    s * frame_seconds,
-                    e * frame_seconds,
-                    math.exp(logp / n),
-                )
-            )
-            current = []
-    return Hypothesis(text, words, chars)
+
+    def __init__(self, tokenizer: CTCTokenizer, frame_seconds: float, keep_chars: bool = False):
+        self.tok, self.frame_seconds = tokenizer, frame_seconds
+        self.frames = 0  # frames seen so far
+        self.run: list = []  # the open run: [token id, first frame, sum of log-probabilities]
+        self.word: list[tuple[int, int, float, str]] = []  # (first frame, end frame, log-prob sum, text) per char
+        self.text = io.StringIO()  # tokenizer.decode's text, before the final strip
+        self.last_piece: str | None = None  # decode groups repeats by token text
+        self.words: list[Word] = []
+        self.chars: list[Token] | None = [] if keep_chars else None
+
+    def add(self, path: np.ndarray, frame_probs: np.ndarray) -> None:
+        if len(path) == 0:
+            return
+        log_probs = np.log(np.clip(frame_probs.astype(np.float64), 1e-12, 1.0))
+        change = np.flatnonzero(np.diff(path)) + 1
+        starts = np.concatenate([[0], change]).tolist()
+        sums = np.add.reduceat(log_probs, starts).tolist()
+        for s, logp in zip(starts, sums):
+            token = int(path[s])
+            if self.run and self.run[0] == token:  # the open run continues into these frames
+                self.run[2] += logp
+            else:
+                self._close_run(self.frames + s)
+                self.run = [token, self.frames + s, logp]
+        self.frames += len(path)
+
+    def _close_run(self, end: int) -> None:
+        """The open run ends before frame `end`."""
+        if not self.run:
+            return
+        token_id, start, logp = self.run
+        self.run = []
+        tok = self.tok
+        token = tok.tokens[token_id] if 0 <= token_id < len(tok) else tok.unk_token
+        if token != self.last_piece and token != tok.pad_token:
+            self.text.write(" " if token == tok.word_delimiter_token else token)
+        self.last_piece = token
+        if token_id == tok.blank_id:
+            return
+        text = " " if token == tok.word_delimiter_token else token
+        if self.chars is not None:
+            fs = self.frame_seconds
+            self.chars.append(Token(text, start * fs, end * fs, math.exp(logp / (end - start))))
+        if text == " ":
+            self._close_word()
+        else:
+            self.word.append((start, end, logp, text))
+
+    def _close_word(self) -> None:
+        if not self.word:
+            return
+        s, e = self.word[0][0], self.word[-1][1]
+        logp = sum(c[2] for c in self.word)
+        n = sum(c[1] - c[0] for c in self.word)
+        word = "".join(c[3] for c in self.word)
+        fs = self.frame_seconds
+        self.words.append(Word(word.lower() if self.tok.do_lower_case else word, s * fs, e * fs, math.exp(logp / n)))
+        self.word = []
+
+    def finish(self) -> Hypothesis:
+        self._close_run(self.frames)
+        self._close_word()
+        text = self.text.getvalue().strip()
+        return Hypothesis(text.lower() if self.tok.do_lower_case else text, self.words, self.chars or [])
+
+
+def align(path: np.ndarray, frame_probs: np.ndarray, tokenizer: CTCTokenizer, frame_seconds: float) -> Hypothesis:
+    """A whole frame-level CTC path -> text, characters and words with times and confidences (`Alignment`)."""
+    alignment = Alignment(tokenizer, frame_seconds, keep_chars=True)
+    alignment.add(np.asarray(path), np.asarray(frame_probs))
+    return alignment.finish()
+
+
+def best_path(log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log_probs: (T, V) -> the argmax path (T,) and each frame's probability of it (T,)."""
+    path = log_probs.argmax(-1)
+    return path, np.exp(np.take_along_axis(log_probs, path[:, None], -1)[:, 0])
 
 
 def greedy(log_probs: np.ndarray, tokenizer: CTCTokenizer, frame_seconds: float) -> Hypothesis:
     """log_probs: (T, V) -> the best path's hypothesis (argmax per frame)."""
-    path = log_probs.argmax(-1)
-    return align(path, np.exp(np.take_along_axis(log_probs, path[:, None], -1)[:, 0]), tokenizer, frame_seconds)
+    return align(*best_path(log_probs), tokenizer, frame_seconds)
+
+
+class GreedyStream:
+    """Greedy decoding of one recording, window by window: `add((t, V) log-probs)`, then `finish()`."""
+
+    def __init__(self, tokenizer: CTCTokenizer, frame_seconds: float):
+        self.alignment = Alignment(tokenizer, frame_seconds)
+
+    def add(self, log_probs: np.ndarray) -> None:
+        self.alignment.add(*best_path(log_probs))
+
+    def finish(self) -> Hypothesis:
+        return self.alignment.finish()
 
 
 # -- beam search with an n-gram LM -----------------------------------------------------------------------
@@ -204,7 +258,10 @@ class BeamSearchDecoder:
             criterion_type=_ctc_criterion(),
         )
         unk = self.word_dict.get_index("<unk>")
-        self.decoder = LexiconDecoder(decoder_options, trie, self.lm, silence, tokenizer.blank_id, unk, [], False)
+        # a decoder per recording (they share the trie and the LM): recordings' windows interleave in batches
+        self.new_decoder = lambda: LexiconDecoder(
+            decoder_options, trie, self.lm, silence, tokenizer.blank_id, unk, [], False
+        )
 
     @staticmethod
     def _lexicon_words(lm_path: Path, lexicon: str | None) -> list[str]:
@@ -228,20 +285,65 @@ class BeamSearchDecoder:
 
     def decode(self, log_probs: np.ndarray, frame_seconds: float) -> Hypothesis:
         """log_probs: (T, V) float -> the best hypothesis with its frame-level alignment."""
-        T, V = log_probs.shape
+        stream = self.stream(frame_seconds)
+        stream.add(log_probs)
+        return stream.finish()
+
+    def stream(self, frame_seconds: float) -> BeamStream:
+        """An incremental decode of one recording (flashlight's decode_begin / decode_step / decode_end)."""
+        return BeamStream(self, frame_seconds)
+
+
+class BeamStream:
+    """Beam search over one recording, window by window, through the decoder's incremental API.
+
+    Each window's emissions go to `decode_step` as soon as they are computed, and to a temporary file; the best
+    path is known only at the end, when the file is read back block by block for the path's frame probabilities
+    (the word confidences). So Python memory holds no frame outputs; flashlight keeps its own hypotheses, as its
+    whole-utterance `decode` does.
+    """
+
+    def __init__(self, search: BeamSearchDecoder, frame_seconds: float):
+        self.tokenizer, self.frame_seconds = search.tokenizer, frame_seconds
+        self.frames, self.width = 0, len(search.tokenizer)
+        self.spill = tempfile.TemporaryFile()
+        self.decoder = search.new_decoder()
+        self.decoder.decode_begin()
+
+    def _step(self, emissions: np.ndarray) -> None:
+        emissions = np.ascontiguousarray(emissions, dtype=np.float32)
+        self.decoder.decode_step(emissions.ctypes.data, len(emissions), self.width)
+
+    def add(self, log_probs: np.ndarray) -> None:
+        log_probs = np.ascontiguousarray(log_probs, dtype=np.float32)
+        self._step(log_probs)
+        self.spill.write(log_probs.tobytes())
+        self.frames += len(log_probs)
+
+    def finish(self) -> Hypothesis:
+        tok, decoder, T = self.tokenizer, self.decoder, self.frames
         # One extra frame where the word delimiter is certain: the lexicon decoder only completes a word at a
         # delimiter, and an utterance need not end with one.
-        end = np.full((1, V), -1e4, np.float32)
-        end[0, self.tokenizer.delimiter_id] = 0.0
-        emissions = np.ascontiguousarray(np.concatenate([log_probs.astype(np.float32), end]))
-        results = self.decoder.decode(emissions.ctypes.data, T + 1, V)
+        end = np.full((1, self.width), -1e4, np.float32)
+        end[0, tok.delimiter_id] = 0.0
+        self._step(end)
+        decoder.decode_end()
+        results = decoder.get_all_final_hypothesis()
         if not results:
+            self.spill.close()
             return Hypothesis("")
         best = results[0]
         # result.tokens is the frame-level path with one padding entry at each end (as torchaudio reads it)
         path = np.array(list(best.tokens)[1 : T + 1], dtype=np.int64)
-        probs = np.exp(emissions[np.arange(len(path)), path])
-        hyp = align(path, probs, self.tokenizer, frame_seconds)
+        alignment = Alignment(tok, self.frame_seconds)
+        self.spill.seek(0)
+        block = 4096  # frames read back at a time
+        for start in range(0, T, block):
+            frames = np.frombuffer(self.spill.read(block * self.width * 4), np.float32).reshape(-1, self.width)
+            piece = path[start : start + len(frames)]
+            alignment.add(piece, np.exp(frames[np.arange(len(piece)), piece]))
+        self.spill.close()
+        hyp = alignment.finish()
         hyp.score = float(best.score)
         return hyp
 
