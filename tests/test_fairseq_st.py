@@ -360,3 +360,21 @@ def test_undeterminable_encoder_heads_are_an_error_unless_given(st_fixtures):
     assert "attention heads" in _one_line(e)
     net, _, _ = load_fairseq_st(st_fixtures / "st.pt", ckpt, encoder_attention_heads=4)
     assert dataclasses.replace(net.cfg.encoder) == _st(st_fixtures)[0].cfg.encoder
+
+
+def test_an_xlsr_checkpoint_of_a_speech_translation_model_round_trips(st_fixtures, tmp_path):
+    """The family table's third source: an xlsr checkpoint keeps the family, config, weights and the
+    sentencepiece vocabulary, and loads back to the same logits (reference: the fairseq-loaded model)."""
+    from xlsr.checkpoints import checkpoint_dict, load_model
+
+    model = load_model(st_fixtures / "st.pt")
+    torch.save(checkpoint_dict(model), tmp_path / "st_xlsr.pt")
+    again = load_model(tmp_path / "st_xlsr.pt")
+    assert type(again) is type(model) and again.cfg == model.cfg and again.source.startswith("xlsr checkpoint")
+    assert again.tokenizer.tokens == model.tokenizer.tokens and again.tokenizer.encode(
+        "the cat"
+    ) == model.tokenizer.encode("the cat")
+    wave = torch.from_numpy(np.load(st_fixtures / "wave_a.npy"))[None]
+    prefix = torch.from_numpy(np.load(st_fixtures / "prefix_tokens.npy"))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(again(wave, None, prefix), model(wave, None, prefix), atol=0, rtol=0)

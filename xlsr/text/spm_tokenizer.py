@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import sentencepiece
 
@@ -128,6 +129,14 @@ class SentencePieceTokenizer:
         return text.strip() if keep_lang_tags else text.removeprefix(" ")
 
     # -- Hugging Face files ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for an xlsr checkpoint: the sentencepiece model's bytes and the id -> entry list."""
+        return {"kind": self.kind, "spm_model": bytes(self.spm_model), "tokens": list(self.tokens)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SentencePieceTokenizer:
+        return cls(bytes(d["spm_model"]), list(d["tokens"]), source="xlsr checkpoint")
+
     @classmethod
     def from_hf_dir(cls, path: str | Path) -> SentencePieceTokenizer:
         """A transformers MBart50Tokenizer directory (`sentencepiece.bpe.model`, `tokenizer_config.json`)."""
