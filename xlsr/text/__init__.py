@@ -7,6 +7,7 @@ holds for it). `to_dict` / `tokenizer_from_dict` store it inside an xlsr checkpo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -37,3 +38,24 @@ def tokenizer_from_dict(d: dict[str, Any] | None) -> Tokenizer | None:
 
         return SentencePieceTokenizer.from_dict(d)
     raise ValueError(f"unknown tokenizer kind {kind!r}")
+
+
+def read_fairseq_dict(path: str | Path) -> list[str]:
+    """A fairseq `Dictionary` file ("symbol count" per line: dict.ltr.txt, dict.txt) -> its symbols, in file
+    order (fairseq puts its 4 specials before them: a symbol's index is its line number + 4)."""
+    from ..errors import CheckpointError
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the fairseq dictionary ({e.strerror})") from None
+    symbols = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.rstrip().rsplit(" ", 1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise CheckpointError(f"{path}:{n}: expected 'symbol count', got {line!r}")
+        symbols.append(parts[0].removesuffix(" #fairseq:overwrite"))
+    return symbols

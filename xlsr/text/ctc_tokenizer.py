@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import CheckpointError
+from . import read_fairseq_dict
 
 VOCAB_FILE = "vocab.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -152,20 +153,5 @@ class CTCTokenizer:
         fairseq's Dictionary puts <s>, <pad>, </s>, <unk> first (ids 0..3) and uses <s> as the CTC blank;
         we name id 0 `<pad>` and id 1 `<s>`, as transformers' converter does, so the blank is the pad token.
         """
-        path = Path(path)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise CheckpointError(f"{path}: cannot read the fairseq dictionary ({e.strerror})") from None
-        symbols = []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip().rsplit(" ", 1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise CheckpointError(f"{path}:{n}: expected 'symbol count', got {line!r}")
-            symbol = parts[0]
-            if symbol.endswith(" #fairseq:overwrite"):
-                symbol = symbol[: -len(" #fairseq:overwrite")]
-            symbols.append(symbol)
+        symbols = read_fairseq_dict(path)
         return cls(["<pad>", "<s>", "</s>", "<unk>", *symbols], word_delimiter_token="|")

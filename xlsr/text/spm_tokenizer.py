@@ -24,6 +24,7 @@ from typing import Any
 import sentencepiece
 
 from ..errors import CheckpointError, ConfigError
+from . import read_fairseq_dict
 
 SPM_FILE = "sentencepiece.bpe.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -200,18 +201,9 @@ class SentencePieceTokenizer:
         spm_path, dict_path = Path(spm_path), Path(dict_path)
         try:
             spm_model = spm_path.read_bytes()
-            lines = dict_path.read_text(encoding="utf-8").splitlines()
         except OSError as e:
-            raise CheckpointError(f"{e.filename}: cannot read it ({e.strerror})") from None
-        symbols = []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip().rsplit(" ", 1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise CheckpointError(f"{dict_path}:{n}: expected 'symbol count', got {line!r}")
-            symbol = parts[0].removesuffix(" #fairseq:overwrite")
-            symbols.append(symbol)
+            raise CheckpointError(f"{spm_path}: cannot read it ({e.strerror})") from None
+        symbols = read_fairseq_dict(dict_path)
         _load_spm(spm_model, str(spm_path))
         return cls(spm_model, [*SPECIALS, *symbols], source=str(dict_path))
 
