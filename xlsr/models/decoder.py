@@ -156,10 +156,13 @@ class DecoderCache:
     def reorder(self, indices: Tensor) -> None:
         """indices: (N,) long, row i of the next step continues row indices[i] (always one of the same
         utterance's beams, so the shared cross-attention memory stays as it is)."""
+        L = self.length  # only the positions written so far move; the buffers' spare room is left alone
         for store in (self._keys, self._values):
             for i, buf in enumerate(store):
                 if buf is not None:
-                    store[i] = buf.index_select(0, indices)
+                    moved = torch.empty((len(indices), *buf.shape[1:]), dtype=buf.dtype, device=buf.device)
+                    torch.index_select(buf[:, :, :L], 0, indices, out=moved[:, :, :L])
+                    store[i] = moved
 
     def keep_utterances(self, keep: Tensor) -> None:
         """keep: (B',) long utterance indices: drops the other utterances (finished ones) and their beams."""
