@@ -234,3 +234,52 @@ def test_a_command_on_a_damaged_input_fails_in_one_line(tmp_path, capfd, make):
     argv = make(tmp_path)
     line = run_command(argv, capfd)
     assert line.startswith("xlsr: error: ") and str(tmp_path) in line, line
+
+
+# --- whole batch commands: damaged audio among good files ----------------------------------------------------
+BATCH_COMMANDS = {  # command -> (extra arguments, the output suffix each good input gets)
+    "transcribe": ([], "txt"),
+    "identify": ([], "txt"),
+    "features": ([], "npy"),
+    "translate": (["--model", str(FIXTURES.parent / "fairseq_st" / "st.pt"), "--max-len-b", "3", "--beam-size", "1"],
+                  "txt"),
+}  # fmt: skip
+BATCH_CASES = [(command, seed) for command in BATCH_COMMANDS for seed in range(6)]
+
+
+@pytest.mark.parametrize("command, seed", BATCH_CASES)
+def test_batch_commands_name_each_damaged_file_once_and_write_every_good_one(tmp_path, capfd, audio_sources,
+                                                                             command, seed):  # fmt: skip
+    """Each command over two good files and two damaged ones (seeded mutations of real wav/flac/ogg/mp3 bytes):
+    a damaged file that still decodes is done like the others; every one that does not gets one `xlsr: error:`
+    line naming it, then one summary line; the exit code is 1; no traceback; every good file's output exists."""
+    from xlsr.cli import main
+
+    rng = np.random.default_rng([seed, 500 + list(BATCH_COMMANDS).index(command)])
+    good = [tmp_path / "good0.wav", tmp_path / "good1.flac"]
+    good[0].write_bytes(audio_sources[".wav"])
+    good[1].write_bytes(audio_sources[".flac"])
+    suffixes = list(AUDIO)
+    damaged = []
+    for k in range(2):
+        suffix = suffixes[int(rng.integers(len(suffixes)))]
+        damaged.append(tmp_path / f"damaged{k}{suffix}")
+        damaged[-1].write_bytes(mutate(audio_sources[suffix], MUTATIONS[int(rng.integers(len(MUTATIONS)))], rng))
+    extra, out_suffix = BATCH_COMMANDS[command]
+    out = tmp_path / "out"
+    capfd.readouterr()
+    code = main([command, *extra, *map(str, good + damaged), "--output-dir", str(out), "--quiet"])
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    for g in good:
+        assert (out / f"{g.stem}.{out_suffix}").exists(), (command, err)
+    failed = [d for d in damaged if not (out / f"{d.stem}.{out_suffix}").exists()]
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("xlsr: error: ")]
+    assert sorted(errors) == sorted(e for e in errors if any(str(d) in e for d in failed)) and len(errors) == len(
+        failed
+    )
+    if failed:
+        assert code == 1 and len(lines) == len(failed) + 1 and "failed" in lines[-1], err
+    else:
+        assert code == 0 and lines == [], err
