@@ -75,3 +75,17 @@ def test_a_converted_directory_translates_the_same(st_fixtures, clips, tmp_path)
     b = translate(tmp_path / "hf", clips, beam_size=4, max_len_b=10, quiet=True)
     assert [t.tokens for t in a] == [t.tokens for t in b] and [t.text for t in a] == [t.text for t in b]
     assert (tmp_path / "hf" / "sentencepiece.bpe.model").exists()
+
+
+def test_transformers_pipeline_loads_a_written_directory_and_translates_the_same(st_fixtures, clips, tmp_path):
+    """transformers 5.23's pipeline("automatic-speech-recognition") on the directory xlsr writes (weights,
+    generation config, MBart50 sentencepiece tokenizer, feature extractor): the same text as xlsr translate."""
+    from transformers import pipeline
+
+    assert main(["convert", str(st_fixtures / "st.pt"), str(tmp_path / "hf")]) == 0
+    ours = translate(tmp_path / "hf", clips[:1], target_lang="en", beam_size=1, max_new_tokens=9, quiet=True)[0]
+    asr = pipeline("automatic-speech-recognition", model=str(tmp_path / "hf"), device="cpu")
+    tag = 68  # <lang:en_XX> in the fixture's dictionary; the tag, 9 tokens, then </s> forced at the maximum
+    out = asr(sf.read(clips[0], dtype="float32")[0], generate_kwargs={"forced_bos_token_id": tag, "num_beams": 1,
+                                                                      "max_new_tokens": 11})  # fmt: skip
+    assert out["text"] == ours.text and ours.text.strip()
