@@ -89,3 +89,13 @@ def test_transformers_pipeline_loads_a_written_directory_and_translates_the_same
     out = asr(sf.read(clips[0], dtype="float32")[0], generate_kwargs={"forced_bos_token_id": tag, "num_beams": 1,
                                                                       "max_new_tokens": 11})  # fmt: skip
     assert out["text"] == ours.text and ours.text.strip()
+
+
+def test_info_describes_encoder_adapter_decoder_and_languages(st_fixtures, capsys):
+    assert main(["info", str(st_fixtures / "st.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "adapter       2 x conv (kernel 3, stride 2)" in out and "decoder       2 layers, dim 48" in out
+    assert "vocabulary    118 tokens" in out and "languages     52: ar_AR" in out and "fairseq checkpoint" in out
+    assert main(["info", str(st_fixtures / "st.pt"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["family"] == "speech_translation" and "en_XX" in data["languages"]

@@ -48,6 +48,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"codebook      {data['codebook']}")
     norm = "zero mean, unit variance" if pre["do_normalize"] else "none"
     print(f"input         {pre['sample_rate']} Hz mono, normalisation: {norm}")
+    if "adapter" in data:
+        print(f"adapter       {data['adapter']}")
+        print(f"decoder       {data['decoder']}")
+        print(f"vocabulary    {data['vocabulary_size']:,} tokens")
+    if "languages" in data:
+        print(f"languages     {len(data['languages'])}: {' '.join(data['languages'])}")
     if "vocabulary" in data:
         vocab = data["vocabulary"]
         print(f"vocabulary    {len(vocab)} tokens: {' '.join(vocab)}")
@@ -59,7 +65,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoints import convert
 
-    done = convert(args.src, args.dst, dict_path=args.dict_path, encoder_only=args.encoder_only)
+    done = convert(args.src, args.dst, dict_path=args.dict_path, spm_path=args.spm_path, encoder_only=args.encoder_only)
     what = f"{done.model.cfg.head} head" if hasattr(done.model.cfg, "head") else type(done.model).__name__
     print(f"wrote {args.dst} ({what}, {done.model.num_parameters():,} parameters)")
     if done.left_out:
@@ -309,6 +315,7 @@ def parse_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help=MODEL_HELP)
     p.add_argument("dst", help="output directory (replaced atomically if it is already a model directory)")
     p.add_argument("--dict", dest="dict_path", metavar="PATH", help="fairseq dictionary (dict.ltr.txt, dict.txt)")
+    p.add_argument("--spm", dest="spm_path", metavar="PATH", help="a fairseq translation model's sentencepiece model")
     p.add_argument("--encoder-only", action="store_true",
                    help="write the encoder alone (transformers Wav2Vec2Model), dropping any head")  # fmt: skip
 
