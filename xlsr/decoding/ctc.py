@@ -62,7 +62,7 @@ class Alignment:
         self.tok, self.frame_seconds = tokenizer, frame_seconds
         self.frames = 0  # frames seen so far
         self.run: list = []  # the open run: [token id, first frame, sum of log-probabilities]
-        self.word: list[tuple[int, int, float, str]] = []  # (first frame, end frame, log-prob sum, text) per char
+        self.word: list = []  # the open word: [first frame, end frame, log-prob sum, frames, text pieces]
         self.text = io.StringIO()  # tokenizer.decode's text, before the final strip
         self.last_piece: str | None = None  # decode groups repeats by token text
         self.words: list[Word] = []
@@ -104,15 +104,18 @@ class Alignment:
         if text == " ":
             self._close_word()
         else:
-            self.word.append((start, end, logp, text))
+            if not self.word:
+                self.word = [start, end, 0.0, 0, io.StringIO()]
+            self.word[1] = end
+            self.word[2] += logp  # the same additions, in the same order, as summing the characters at the end
+            self.word[3] += end - start
+            self.word[4].write(text)
 
     def _close_word(self) -> None:
         if not self.word:
             return
-        s, e = self.word[0][0], self.word[-1][1]
-        logp = sum(c[2] for c in self.word)
-        n = sum(c[1] - c[0] for c in self.word)
-        word = "".join(c[3] for c in self.word)
+        s, e, logp, n, pieces = self.word
+        word = pieces.getvalue()
         fs = self.frame_seconds
         self.words.append(Word(word.lower() if self.tok.do_lower_case else word, s * fs, e * fs, math.exp(logp / n)))
         self.word = []
