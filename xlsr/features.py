@@ -23,7 +23,7 @@ from .checkpoints import load_model
 from .driver import run_inputs, write_atomic
 from .errors import ConfigError
 from .inference import FrameCollector, WindowedRunner
-from .runtime import progress, resolve_device, resolve_dtype, set_threads
+from .runtime import audio_progress, resolve_device, resolve_dtype, set_threads
 
 
 @dataclass
@@ -110,7 +110,7 @@ def features(
     runner = WindowedRunner.for_model(net, forward, chunk_seconds, stride_seconds, batch_seconds)
 
     def process(paths, samples):
-        bar = progress(None, "features", "s", quiet, bar_format="{desc}: {n:.0f} s of audio [{elapsed}]")
+        bar = audio_progress("features", quiet)
         for done in runner.run(paths, samples, bar, consumer=FrameCollector):
             path = str(paths[done.item])
             if done.outputs is None:

@@ -20,7 +20,7 @@ from .checkpoints import load_model
 from .driver import check_format, print_results, run_inputs
 from .errors import ConfigError
 from .inference import MIN_SPEECH_SECONDS, WindowedRunner, WithSpeech
-from .runtime import progress, resolve_device, resolve_dtype, set_threads
+from .runtime import audio_progress, resolve_device, resolve_dtype, set_threads
 
 FORMATS = ("txt", "json", "tsv")
 CHUNK_SECONDS = 10.0  # identify's and classifier evaluation's window
@@ -129,7 +129,7 @@ def identify(
     runner = WindowedRunner.for_model(net, window_probabilities(net), chunk_seconds, frame, batch_seconds)
 
     def process(paths, samples):
-        bar = progress(None, "identify", "s", quiet, bar_format="{desc}: {n:.0f} s of audio [{elapsed}] {postfix}")
+        bar = audio_progress("identify", quiet)
         make = lambda: WithSpeech(MeanProbabilities(), runner.sample_rate)  # noqa: E731
         for done in runner.run(paths, samples, bar, consumer=make):
             path = str(paths[done.item])

@@ -238,6 +238,7 @@ class WindowedRunner:
         `consumer()` makes each file's consumer: it gets the file's frames window by window, in order."""
         known_samples = known_samples or [None] * len(paths)
         seconds, errors = self.durations(paths, known_samples)
+        _set_total(progress, seconds)
         for i, message in errors.items():
             yield Done(i, None, message)
         order = sorted((i for i in range(len(paths)) if i not in errors), key=lambda i: -seconds[i])
@@ -274,6 +275,13 @@ class WindowedRunner:
                 yield Done(i, None, str(e).removeprefix(f"{paths[i]}: "))
         if batch:
             yield from flush()
+
+
+def _set_total(progress, seconds: list[float]) -> None:
+    """Gives a progress bar its total (seconds of audio), so that it shows the ETA."""
+    if progress is not None and hasattr(progress, "total"):
+        progress.total = sum(seconds)
+        progress.refresh()
 
 
 @dataclass
@@ -336,6 +344,7 @@ class SegmentRunner:
     ) -> Iterator[Done]:
         """Yields a Done per file, longest first; a file that fails yields its error and the others go on."""
         seconds, errors = WindowedRunner.durations(self, paths, known_samples or [None] * len(paths))
+        _set_total(progress, seconds)
         for i, message in errors.items():
             yield Done(i, None, message)
         order = sorted((i for i in range(len(paths)) if i not in errors), key=lambda i: -seconds[i])

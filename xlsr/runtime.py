@@ -53,3 +53,10 @@ def progress(total: float | None = None, desc: str = "", unit: str = "it", quiet
     """A progress bar on a terminal; silent in pipes, logs and with quiet=True."""
     disable = quiet or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def audio_progress(desc: str, quiet: bool = False) -> tqdm:
+    """The inference commands' bar, in seconds of audio: its total (hence the ETA) is set by the runner once it
+    has read the files' durations."""
+    return progress(None, desc, "s", quiet, bar_format="{desc}: {n:.0f}/{total_fmt} s of audio "
+                    "[{elapsed}<{remaining}, {rate_fmt}] {postfix}")  # fmt: skip

@@ -14,7 +14,7 @@ from .decoding.ctc import BeamSearchDecoder, BeamSearchOptions, GreedyStream
 from .driver import check_format, print_results, run_inputs
 from .errors import ConfigError
 from .inference import MIN_SPEECH_SECONDS, WindowedRunner, WithSpeech
-from .runtime import progress, resolve_device, resolve_dtype, set_threads
+from .runtime import audio_progress, resolve_device, resolve_dtype, set_threads
 from .writers import FORMATS, Transcript, render
 
 
@@ -83,7 +83,7 @@ def transcribe(
         return WithSpeech(inner, runner.sample_rate)
 
     def process(paths, samples):
-        bar = progress(None, "transcribe", "s", quiet, bar_format="{desc}: {n:.0f} s of audio [{elapsed}] {postfix}")
+        bar = audio_progress("transcribe", quiet)
         started, files = time.perf_counter(), 0
         for done in runner.run(paths, samples, bar, consumer=stream):
             path = str(paths[done.item])

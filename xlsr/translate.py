@@ -22,7 +22,7 @@ from .driver import check_format, print_results, run_inputs
 from .errors import ConfigError
 from .inference import SegmentRunner, model_placement
 from .models.speech_translation import SpeechTranslationModel
-from .runtime import progress, resolve_device, resolve_dtype, set_threads
+from .runtime import audio_progress, resolve_device, resolve_dtype, set_threads
 from .writers import _timestamp, _wrap
 
 FORMATS = ("txt", "json", "srt", "vtt")
@@ -162,7 +162,7 @@ def translate(
     lang = tag_name.removeprefix("<lang:").removesuffix(">")
 
     def process(paths, samples):
-        bar = progress(None, "translate", "s", quiet, bar_format="{desc}: {n:.0f} s of audio [{elapsed}]")
+        bar = audio_progress("translate", quiet)
         for done in runner.run(paths, samples, bar, consumer=lambda: _Joined(net, cfg.eos_token_id)):
             path = str(paths[done.item])
             if done.outputs is None:
