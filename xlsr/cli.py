@@ -465,10 +465,92 @@ COMMANDS = {  # name: (parser builder, handler, one-line help, description)
 }
 
 
+def parse_pretrain(p: argparse.ArgumentParser) -> None:
+    add_training_options(p, "pretrain")
+    p.add_argument(
+        "--preset", help="model size from scratch: xlsr-300m (default), xlsr-1b, xlsr-2b, wav2vec2-base, small, tiny"
+    )
+    p.add_argument("--init", help="start from this model instead: " + MODEL_HELP)
+
+
+def parse_synth(p: argparse.ArgumentParser) -> None:
+    from .synth import languages
+
+    p.add_argument("out", help="output folder")
+    p.add_argument("--langs", help=f"comma-separated languages (default: all of {','.join(languages())})")
+    p.add_argument("--per-lang", type=int, default=200, help="clips per language, over the three splits (200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a corpus already in OUT (its clips and manifests)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_finetune_ctc(p: argparse.ArgumentParser) -> None:
+    add_training_options(p, "ctc", valid_required=True)
+    p.add_argument("--init", required=True, help="the pretrained model: " + MODEL_HELP)
+    p.add_argument("--vocab", help="use this vocab.json (or a model directory's) instead of building one")
+
+
+def parse_finetune_classify(p: argparse.ArgumentParser) -> None:
+    add_training_options(p, "classify", valid_required=True)
+    p.add_argument("--init", required=True, help="the pretrained model: " + MODEL_HELP)
+    p.add_argument("--label-column", help="manifest column with the labels (default lang)")
+
+
+COMMANDS.update(
+    {
+        "pretrain": (
+            parse_pretrain,
+            cmd_pretrain,
+            "self-supervised pretraining with the XLS-R objective",
+            "Pretrain a model from scratch (--preset) or continue from any checkpoint (--init) on unlabelled audio, "
+            "with the wav2vec 2.0 / XLS-R objective. Runs on one CPU or GPU, or on many with "
+            "`torchrun --nproc_per_node N -m xlsr pretrain ...` (DDP; --set fsdp=true shards big models). "
+            "Writes OUT/config.yaml (every option, resolved), logs (log.jsonl, train.csv, valid.csv, tb/) and "
+            "OUT/checkpoints/; a killed run resumes where its last checkpoint left off when re-run.",
+        ),
+        "synth": (
+            parse_synth,
+            cmd_synth,
+            "make a multilingual speech corpus with espeak-ng",
+            "Speak phrases of the Universal Declaration of Human Rights with espeak-ng (Debian package espeak-ng) "
+            "in several languages, with varied voices, speeds and pitches; write 16 kHz FLAC clips and "
+            "train/valid/test manifests (path, samples, lang, text, speaker; split by phrase). Deterministic for a "
+            "given seed; an interrupted run resumes; a folder that already holds a corpus is refused unless "
+            "--overwrite.",
+        ),
+    }
+)
+FINETUNE_TASKS = {
+    "ctc": (
+        parse_finetune_ctc,
+        cmd_finetune_ctc,
+        "speech recognition with a CTC head over the characters of the transcripts",
+        "Fine-tune a pretrained model (--init) for speech recognition on manifests with a 'text' "
+        "column, with the fairseq / XLS-R recipe as defaults: feature encoder frozen, only the new head trained "
+        "for freeze_finetune_updates, tri-stage learning rate, time and channel masking, layer drop, CTC with "
+        "zero_infinity. The vocabulary is built from the normalised training transcripts (lower case, no "
+        "punctuation, NFC; --set lowercase=false remove_punctuation=false to keep them) unless --vocab is given. "
+        "Validation WER/CER every validate_interval_updates; the best model goes to OUT/best/ (a Hugging Face "
+        "directory: xlsr transcribe and transformers' pipeline load it). DDP with torchrun; re-run to resume.",
+    ),
+    "classify": (
+        parse_finetune_classify,
+        cmd_finetune_classify,
+        "utterance classification: language ID, speaker ID, any label column",
+        "Fine-tune a pretrained model (--init) to classify utterances by a manifest column "
+        "(--label-column, default lang): mean pooling over valid frames, projection and classifier, as "
+        "transformers' Wav2Vec2ForSequenceClassification (--set weighted_layer_sum=true for a learned sum of "
+        "layers). Random crops of crop_seconds in training; --set balanced=true samples classes equally. "
+        "Validation accuracy every validate_interval_updates; the best model goes to OUT/best/ (a Hugging Face "
+        "directory with id2label).",
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xlsr",
-        description="XLS-R / wav2vec 2.0: transcribe, identify, extract features, fine-tune and pretrain.",
+        description="XLS-R / wav2vec 2.0: transcribe, translate, identify, extract features, fine-tune and pretrain.",
     )
     parser.add_argument("--version", action="version", version=f"xlsr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -481,71 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (build, func, help, description) in COMMANDS.items():
         build(command(name, func, help, description))
 
-    p = command(
-        "pretrain",
-        cmd_pretrain,
-        "self-supervised pretraining with the XLS-R objective",
-        "Pretrain a model from scratch (--preset) or continue from any checkpoint (--init) on unlabelled audio, "
-        "with the wav2vec 2.0 / XLS-R objective. Runs on one CPU or GPU, or on many with "
-        "`torchrun --nproc_per_node N -m xlsr pretrain ...` (DDP; --set fsdp=true shards big models). "
-        "Writes OUT/config.yaml (every option, resolved), logs (log.jsonl, train.csv, valid.csv, tb/) and "
-        "OUT/checkpoints/; a killed run resumes where its last checkpoint left off when re-run.",
-    )
-    add_training_options(p, "pretrain")
-    p.add_argument(
-        "--preset", help="model size from scratch: xlsr-300m (default), xlsr-1b, xlsr-2b, wav2vec2-base, small, tiny"
-    )
-    p.add_argument("--init", help="start from this model instead: " + MODEL_HELP)
-
-    from .synth import languages
-
-    p = command(
-        "synth",
-        cmd_synth,
-        "make a multilingual speech corpus with espeak-ng",
-        "Speak phrases of the Universal Declaration of Human Rights with espeak-ng (Debian package espeak-ng) in "
-        "several languages, with varied voices, speeds and pitches; write 16 kHz FLAC clips and train/valid/test "
-        "manifests (path, samples, lang, text, speaker; split by phrase). Deterministic for a given seed; an "
-        "interrupted run resumes; a folder that already holds a corpus is refused unless --overwrite.",
-    )
-    p.add_argument("out", help="output folder")
-    p.add_argument("--langs", help=f"comma-separated languages (default: all of {','.join(languages())})")
-    p.add_argument("--per-lang", type=int, default=200, help="clips per language, over the three splits (200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--overwrite", action="store_true", help="replace a corpus already in OUT (its clips and manifests)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    p = command("finetune", None, "fine-tune a pretrained model: speech recognition (ctc) or classification")
-    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
-    p = tasks.add_parser(
-        "ctc",
-        help="speech recognition with a CTC head over the characters of the transcripts",
-        description="Fine-tune a pretrained model (--init) for speech recognition on manifests with a 'text' "
-        "column, with the fairseq / XLS-R recipe as defaults: feature encoder frozen, only the new head trained "
-        "for freeze_finetune_updates, tri-stage learning rate, time and channel masking, layer drop, CTC with "
-        "zero_infinity. The vocabulary is built from the normalised training transcripts (lower case, no "
-        "punctuation, NFC; --set lowercase=false remove_punctuation=false to keep them) unless --vocab is given. "
-        "Validation WER/CER every validate_interval_updates; the best model goes to OUT/best/ (a Hugging Face "
-        "directory: xlsr transcribe and transformers' pipeline load it). DDP with torchrun; re-run to resume.",
-    )
-    p.set_defaults(func=cmd_finetune_ctc)
-    add_training_options(p, "ctc", valid_required=True)
-    p.add_argument("--init", required=True, help="the pretrained model: " + MODEL_HELP)
-    p.add_argument("--vocab", help="use this vocab.json (or a model directory's) instead of building one")
-
-    p = tasks.add_parser(
-        "classify",
-        help="utterance classification: language ID, speaker ID, any label column",
-        description="Fine-tune a pretrained model (--init) to classify utterances by a manifest column "
-        "(--label-column, default lang): mean pooling over valid frames, projection and classifier, as transformers' "
-        "Wav2Vec2ForSequenceClassification (--set weighted_layer_sum=true for a learned sum of layers). Random crops "
-        "of crop_seconds in training; --set balanced=true samples classes equally. Validation accuracy every "
-        "validate_interval_updates; the best model goes to OUT/best/ (a Hugging Face directory with id2label).",
-    )
-    p.set_defaults(func=cmd_finetune_classify)
-    add_training_options(p, "classify", valid_required=True)
-    p.add_argument("--init", required=True, help="the pretrained model: " + MODEL_HELP)
-    p.add_argument("--label-column", help="manifest column with the labels (default lang)")
+    finetune = command("finetune", None, "fine-tune a pretrained model: speech recognition (ctc) or classification")
+    tasks = finetune.add_subparsers(dest="task", metavar="TASK", required=True)
+    for name, (build, func, help, description) in FINETUNE_TASKS.items():
+        p = tasks.add_parser(name, help=help, description=description)
+        p.set_defaults(func=func)
+        build(p)
     return parser
 
 
