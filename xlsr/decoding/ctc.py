@@ -24,7 +24,7 @@ from ..errors import ConfigError, XlsrError
 from ..text.ctc_tokenizer import CTCTokenizer
 
 
-@dataclass
+@dataclass(slots=True)  # a long recording holds one per character (json) or word: no __dict__ each
 class Token:
     text: str
     start: float  # seconds
@@ -32,7 +32,7 @@ class Token:
     confidence: float
 
 
-@dataclass
+@dataclass(slots=True)
 class Word:
     word: str
     start: float
