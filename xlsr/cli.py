@@ -10,7 +10,6 @@ import json
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, XlsrError
@@ -82,20 +81,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def model_and_audio(args: argparse.Namespace, kind: str) -> tuple[str | None, list[str]]:
-    """--model, or a model named first among the inputs where that is unambiguous (an existing model directory
-    or checkpoint file). A first input that is neither an existing path nor audio stops the command before any
-    work: it is taken for a mistyped model, never replaced by the bundled one."""
-    from .audio import AUDIO_EXTENSIONS
-    from .checkpoints import looks_like_model
+    """--model and the audio inputs (`checkpoints.model_and_inputs` decides; `kind` names the work for its error)."""
+    from .checkpoints import model_and_inputs
 
-    items = list(args.audio)
-    model = args.model
-    if model is None and items and looks_like_model(items[0]):
-        model = items.pop(0)
-    elif model is None and len(items) > 1 and not Path(items[0]).exists():
-        suffix = Path(items[0]).suffix.lower()
-        if suffix not in AUDIO_EXTENSIONS and suffix not in (".tsv", ".manifest"):
-            raise ConfigError(f"{items[0]}: no such model (no such file or directory); nothing was {kind}")
+    model, items = model_and_inputs(args.model, list(args.audio), kind)
     if not items:
         raise ConfigError("no audio given")
     return model, items

@@ -47,6 +47,24 @@ def looks_like_model(item: str | Path) -> bool:
     return (path.is_dir() and (path / "config.json").exists()) or path.suffix in MODEL_FILE_SUFFIXES
 
 
+def model_and_inputs(model: str | None, items: list[str], work: str = "done") -> tuple[str | None, list[str]]:
+    """The one rule for "which argument is the model": `model` when given; else the first input when it is an
+    existing model directory or checkpoint file (unambiguous: it cannot be audio). A first input that is neither
+    an existing path nor audio nor a manifest, followed by others, stops the command before any work: it is taken
+    for a mistyped model, never replaced by the bundled one."""
+    from ..audio import AUDIO_EXTENSIONS
+    from ..errors import ConfigError
+
+    items = list(items)
+    if model is None and items and looks_like_model(items[0]):
+        return items[0], items[1:]
+    if model is None and len(items) > 1 and not Path(items[0]).exists():
+        suffix = Path(items[0]).suffix.lower()
+        if suffix not in AUDIO_EXTENSIONS and suffix not in (".tsv", ".manifest"):
+            raise ConfigError(f"{items[0]}: no such model (no such file or directory); nothing was {work}")
+    return model, items
+
+
 def load_model(
     model: str | Path | None = None,
     device: str | torch.device = "cpu",
@@ -184,5 +202,6 @@ __all__ = [
     "init",
     "load_model",
     "looks_like_model",
+    "model_and_inputs",
     "save_hf_dir",
 ]
