@@ -286,3 +286,15 @@ def test_channels_last_conv_equals_conv1d_with_gradients(kernel, stride, c_in, p
     torch.testing.assert_close(weights_only, ref.mT, atol=0.1, rtol=0.02)
     grads = torch.autograd.grad(ours.float().pow(2).sum(), (weight, bias, xg))
     assert [g.dtype for g in grads] == [torch.float32] * 3
+
+
+def test_from_state_dict_refuses_a_wrongly_shaped_weight():
+    """A checkpoint whose weight has the wrong shape is a ValueError (a CheckpointError for the user), not a
+    RuntimeError from deep inside torch; both families build through models/weights.py."""
+    from xlsr.config import preset
+
+    cfg = preset("tiny")
+    state = Wav2Vec2Model(cfg).state_dict()
+    state["encoder.layers.0.fc1.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="fc1.weight"):
+        Wav2Vec2Model.from_state_dict(cfg, state)

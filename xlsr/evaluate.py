@@ -15,11 +15,10 @@ from typing import Any
 import jiwer
 from torch import nn
 
-from .checkpoints import load_model
+from .checkpoints import inference_model
 from .checkpoints.io import atomic_write_text
 from .data.manifest import read_manifest
 from .errors import ConfigError, DataError
-from .runtime import resolve_device
 from .text.normalize import TextNormalization, normalize_text
 
 
@@ -105,7 +104,7 @@ def evaluate(
     `plot` (see `classify.py`). An option of the other kind is refused in one line, never silently dropped;
     options left at None take the defaults of `xlsr transcribe` / `xlsr identify`.
     """
-    net = model if isinstance(model, nn.Module) else load_model(model, device=resolve_device(device))
+    net = inference_model(model, device, dtype)
     given = {k: v for k, v in locals().items() if k in CTC_OPTIONS + CLASSIFIER_OPTIONS and v not in (None, ())}
     classifier = getattr(net.cfg, "head", None) == "classification"
     wrong = [k for k in given if k in (CTC_OPTIONS if classifier else CLASSIFIER_OPTIONS)]

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from .audio import normalize
-from .checkpoints import load_model
+from .checkpoints import inference_model
 from .driver import run_inputs, write_atomic
 from .errors import ConfigError
 from .inference import FrameCollector, WindowedRunner
-from .runtime import audio_progress, resolve_device, resolve_dtype, set_threads
+from .runtime import audio_progress, set_threads
 
 
 @dataclass
@@ -96,9 +96,7 @@ def features(
     if single is not None and (len(audio) != 1 or Path(audio[0]).is_dir() or Path(audio[0]).suffix == ".tsv"):
         raise ConfigError(f"{single}: a single .npy holds one file's features; give --output-dir for several")
     set_threads(threads)
-    dev = resolve_device(device)
-    net = model if isinstance(model, nn.Module) else load_model(model, device=dev, kind="asr")
-    net = net.to(device=dev, dtype=resolve_dtype(dtype, dev))
+    net = inference_model(model, device, dtype, kind="asr")
     if not hasattr(net, "encode") or not hasattr(net.cfg, "encoder_layers"):
         raise ConfigError(f"{net.source}: features come from wav2vec2 encoders, not from a {type(net).__name__}")
     if layer is not None and not 0 <= layer <= net.cfg.encoder_layers:

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoints import load_model
+from .checkpoints import inference_model
 from .driver import check_format, print_results, run_inputs
 from .errors import ConfigError
 from .inference import MIN_SPEECH_SECONDS, WindowedRunner, WithSpeech
-from .runtime import audio_progress, resolve_device, resolve_dtype, set_threads
+from .runtime import audio_progress, set_threads
 
 FORMATS = ("txt", "json", "tsv")
 CHUNK_SECONDS = 10.0  # identify's and classifier evaluation's window
@@ -64,14 +64,13 @@ def line(r: Identification) -> str:
 
 def classification_model(model: str | Path | nn.Module | None, device: str | None, dtype: str | None) -> nn.Module:
     """Loads a model (None: the bundled language-ID model) and checks that it classifies."""
-    dev = resolve_device(device)
-    net = model if isinstance(model, nn.Module) else load_model(model, device=dev, kind="lid")
+    net = inference_model(model, device, dtype, kind="lid")
     head = getattr(net.cfg, "head", type(net).__name__)
     if head != "classification":
         raise ConfigError(
             f"{net.source} has no classification head ({head}); fine-tune one with `xlsr finetune classify`"
         )
-    return net.to(device=dev, dtype=resolve_dtype(dtype, dev))
+    return net
 
 
 def window_probabilities(net: nn.Module):

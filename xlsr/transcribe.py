@@ -9,19 +9,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import load_model
+from .checkpoints import inference_model
 from .decoding.ctc import BeamSearchDecoder, BeamSearchOptions, GreedyStream
 from .driver import check_format, print_results, run_inputs
 from .errors import ConfigError
 from .inference import MIN_SPEECH_SECONDS, WindowedRunner, WithSpeech
-from .runtime import audio_progress, resolve_device, resolve_dtype, set_threads
+from .runtime import audio_progress, set_threads
 from .writers import FORMATS, Transcript, render
 
 
 def ctc_model(model: str | Path | nn.Module | None, device: str | None, dtype: str | None) -> nn.Module:
     """Loads a model (None: the bundled one) and checks that it can transcribe."""
-    dev = resolve_device(device)
-    net = model if isinstance(model, nn.Module) else load_model(model, device=dev, kind="asr")
+    net = inference_model(model, device, dtype, kind="asr")
     head = getattr(net.cfg, "head", type(net).__name__)
     if head != "ctc":
         raise ConfigError(
@@ -29,7 +28,7 @@ def ctc_model(model: str | Path | nn.Module | None, device: str | None, dtype: s
         )
     if net.tokenizer is None:
         raise ConfigError(f"{net.source} has no vocabulary (vocab.json), so its outputs cannot be read as text")
-    return net.to(device=dev, dtype=resolve_dtype(dtype, dev))
+    return net
 
 
 def transcribe(

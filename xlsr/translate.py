@@ -16,13 +16,13 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoints import load_model
+from .checkpoints import inference_model
 from .decoding.generate import DecoderInference, DecodingOptions, generate
 from .driver import check_format, print_results, run_inputs
 from .errors import ConfigError
 from .inference import SegmentRunner, model_placement
 from .models.speech_translation import SpeechTranslationModel
-from .runtime import audio_progress, resolve_device, resolve_dtype, set_threads
+from .runtime import audio_progress, set_threads
 from .writers import _timestamp, _wrap
 
 FORMATS = ("txt", "json", "srt", "vtt")
@@ -74,13 +74,12 @@ def render(t: Translation, fmt: str) -> str:
 def translation_model(model: str | Path | nn.Module | None, device: str | None, dtype: str | None) -> nn.Module:
     if model is None:
         raise ConfigError("translate needs a speech-translation model (--model): none is bundled yet")
-    dev = resolve_device(device)
-    net = model if isinstance(model, nn.Module) else load_model(model, device=dev)
+    net = inference_model(model, device, dtype)
     if not isinstance(net, SpeechTranslationModel):
         raise ConfigError(f"{net.source} is not a speech-translation model; use `xlsr transcribe` for CTC models")
     if net.tokenizer is None:
         raise ConfigError(f"{net.source} has no target vocabulary (sentencepiece.bpe.model / dict.txt)")
-    return net.to(device=dev, dtype=resolve_dtype(dtype, dev))
+    return net
 
 
 def target_id(net: SpeechTranslationModel, target_lang: str | None) -> tuple[int, str]:

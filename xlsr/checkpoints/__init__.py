@@ -109,6 +109,19 @@ def load_model(
     return net.to(device=device, dtype=dtype).eval()
 
 
+def inference_model(
+    model: str | Path | nn.Module | None, device: str | None, dtype: str | None, kind: str = "asr"
+) -> nn.Module:
+    """What every inference command starts with: a loaded model (as given, or read with `load_model`; None: the
+    bundled `kind`), on `device` (default: cuda when available) in `dtype` (default: float32 on the CPU,
+    float16 on a GPU), in eval mode."""
+    from ..runtime import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    net = model if isinstance(model, nn.Module) else load_model(model, device=dev, kind=kind)
+    return net.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval()
+
+
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "model"
 
 
@@ -198,6 +211,7 @@ __all__ = [
     "checkpoint_dict",
     "convert",
     "family_of",
+    "inference_model",
     "info",
     "init",
     "load_model",

@@ -19,6 +19,7 @@ from .adapter import Adapter
 from .decoder import TransformerDecoder
 from .padding import padding_mask
 from .wav2vec2 import Wav2Vec2Model
+from .weights import build_with_weights
 
 
 class SpeechTranslationModel(nn.Module):
@@ -46,17 +47,7 @@ class SpeechTranslationModel(nn.Module):
         Only `encoder.mask_emb` may be absent (it then gets a fresh initialisation). Built on the meta device
         first, as `Wav2Vec2Model.from_state_dict`, so no time goes into random weights.
         """
-        with torch.device("meta"):
-            model = cls(cfg)
-        expected = set(model.state_dict())
-        missing = sorted(expected - set(state) - {"encoder.mask_emb"})
-        unexpected = sorted(set(state) - expected)
-        if missing or unexpected:
-            raise ValueError(f"missing weights: {missing}; unexpected weights: {unexpected}")
-        try:
-            model.load_state_dict(state, strict=False, assign=True)
-        except RuntimeError as e:  # a weight of the wrong shape
-            raise ValueError(str(e)) from None
+        model = build_with_weights(cls, cfg, state, optional="encoder.mask_emb")
         if "encoder.mask_emb" not in state:
             model.encoder.mask_emb = nn.Parameter(torch.empty(cfg.encoder.encoder_embed_dim).uniform_())
         return model.float()

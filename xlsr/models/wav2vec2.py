@@ -20,6 +20,7 @@ from .feature_encoder import FeatureEncoder, GradMultiply
 from .heads import ClassificationHead, CTCHead, PretrainingHead
 from .padding import padding_mask as make_padding_mask
 from .transformer import TransformerEncoder
+from .weights import build_with_weights
 
 
 @dataclass
@@ -76,14 +77,7 @@ class Wav2Vec2Model(nn.Module):
         then gets a fresh initialisation. The network is built on the meta device first, so no time
         goes into random weights that are overwritten at once (seconds for the 2B model).
         """
-        with torch.device("meta"):
-            model = cls(cfg)
-        expected = set(model.state_dict())
-        missing = sorted(expected - set(state) - {"mask_emb"})
-        unexpected = sorted(set(state) - expected)
-        if missing or unexpected:
-            raise ValueError(f"missing weights: {missing}; unexpected weights: {unexpected}")
-        model.load_state_dict(state, strict=False, assign=True)
+        model = build_with_weights(cls, cfg, state, optional="mask_emb")
         if "mask_emb" not in state:
             model.mask_emb = nn.Parameter(torch.empty(cfg.encoder_embed_dim).uniform_())
         return model.float()
