@@ -23,7 +23,7 @@ FIXTURES = FIXTURES_ROOT / "fairseq_xlsr"
 # System tools (Debian packages) that some tests need; README lists them and `.ci/run` installs them. Under CI
 # (the variable CI set and not "false"/"0", as CI services set it), a test that skips because one is missing
 # fails instead: a break in those tests must not land unseen because the CI machine lacked the tool.
-SYSTEM_TOOLS = ("espeak-ng",)
+SYSTEM_TOOLS = ("espeak-ng", "chromium", "chromedriver")  # chromedriver: Debian package chromium-driver
 
 
 def in_ci() -> bool:

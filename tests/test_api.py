@@ -30,6 +30,7 @@ FUNCTIONS = {
     "pretrain": xlsr.pretrain,
     "finetune ctc": xlsr.finetune_ctc,
     "finetune classify": xlsr.finetune_classify,
+    "serve": xlsr.serve,
 }
 CLI_ONLY = {
     "help",

@@ -48,6 +48,32 @@ def test_features_one_file_many_files_and_layers(tiny_model, tmp_path, capsys):
     assert not np.allclose(np.load(tmp_path / "feats" / "u0.npy"), np.load(tmp_path / "one.npy"))
 
 
+def test_features_pool_mean_is_one_vector_per_file_as_transformers_computes_it(tiny_model, tmp_path):
+    import torch
+    from transformers import Wav2Vec2Model
+
+    x = speechlike(7.0, seed=4)
+    sf.write(tmp_path / "long.wav", x, 16000, subtype="FLOAT")
+    ref = Wav2Vec2Model.from_pretrained(tiny_model).eval()
+    normed = torch.from_numpy((x - x.mean()) / np.sqrt(x.var() + 1e-7))[None]
+    with torch.no_grad():
+        out = ref(normed, output_hidden_states=True)
+    for layer, expected in ((None, out.last_hidden_state), ("1", out.hidden_states[1])):
+        extra = [] if layer is None else ["--layer", layer]
+        assert main(["features", str(tiny_model), str(tmp_path / "long.wav"), "--pool", "mean", "--quiet",
+                     "--output-dir", str(tmp_path / f"pooled{layer}"), *extra]) == 0  # fmt: skip
+        got = np.load(tmp_path / f"pooled{layer}" / "long.npy")
+        assert got.shape == (32,)
+        np.testing.assert_allclose(got, expected[0].mean(0).numpy(), atol=1e-4)
+    # in windows, the mean is the mean of the windowed frames, accumulated as they come
+    assert main(["features", str(tiny_model), str(tmp_path / "long.wav"), "--chunk-seconds", "2", "--quiet",
+                 "--stride-seconds", "0.5", "--output-dir", str(tmp_path / "frames")]) == 0  # fmt: skip
+    assert main(["features", str(tiny_model), str(tmp_path / "long.wav"), "--chunk-seconds", "2", "--quiet",
+                 "--stride-seconds", "0.5", "--pool", "mean", "--output-dir", str(tmp_path / "win")]) == 0  # fmt: skip
+    frames = np.load(tmp_path / "frames" / "long.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "win" / "long.npy"), frames.mean(0), atol=1e-6)
+
+
 def test_features_bad_files_fail_alone_with_one_line_each(tiny_model, tmp_path, capsys):
     sf.write(tmp_path / "good.wav", speechlike(0.6), 16000)
     (tmp_path / "empty.wav").write_bytes(b"")

@@ -100,6 +100,70 @@ def test_each_clip_has_a_speaker_made_of_its_voice_and_its_pitch_and_speed_bands
         assert Clip("fr", "train", "x", "fr+m1", speed, pitch, "x.flac").speaker == speaker
 
 
+def test_a_fixed_set_of_speakers_says_every_clip_in_every_split():
+    default = plan(["fr", "sw"], 60, seed=1)
+    clips = plan(["fr", "sw"], 60, seed=1, speakers=4)
+    # the same phrases in the same splits as the default corpus; only the voices are the set's
+    assert [(c.lang, c.split, c.text, c.name) for c in clips] == [(c.lang, c.split, c.text, c.name) for c in default]
+    voices = {(c.voice.split("+")[1], c.pitch, c.speed) for c in clips}
+    assert len(voices) == 4 and len({c.speaker for c in clips}) == 4
+    for c in clips:
+        assert c.speaker == f"{c.voice.split('+')[1]}-p{c.pitch}-s{c.speed}"
+    for lang in ("fr", "sw"):
+        for split in ("train", "valid", "test"):
+            assert len({c.speaker for c in clips if c.lang == lang and c.split == split}) == 4
+    assert plan(["fr", "sw"], 60, seed=1, speakers=4) == clips
+    assert {c.speaker for c in plan(["fr"], 60, seed=2, speakers=4)} != {c.speaker for c in clips}
+
+
+def test_a_parallel_corpus_writes_translation_and_tgt_lang(tmp_path, fake_espeak):
+    made = synth(tmp_path, ["sw", "en"], per_lang=20, parallel=True, quiet=True)
+    rows = read_manifest(tmp_path / "train.tsv")
+    assert [(u.text, u.translation, u.get("tgt_lang")) for u in rows] == [
+        (u.text, u.translation, u.get("tgt_lang")) for u in made["train"]
+    ]
+    assert {u.get("tgt_lang") for u in rows if u.lang == "sw"} == {"en"}
+    assert {u.get("tgt_lang") for u in rows if u.lang == "en"} == {"sw"}
+    assert all(u.translation for u in rows)
+
+
+def test_speakers_must_leave_each_speaker_test_clips(tmp_path, fake_espeak):
+    with pytest.raises(ConfigError, match="--speakers must be between 2 and 3"):
+        synth(tmp_path, ["fr"], per_lang=30, speakers=4, quiet=True)
+    made = synth(tmp_path, ["fr"], per_lang=30, speakers=3, quiet=True)
+    assert {u.speaker for u in made["test"]} == {u.speaker for u in made["train"]}
+    assert {u.speaker for u in read_manifest(tmp_path / "test.tsv")} == {u.speaker for u in made["test"]}
+
+
+def test_parallel_text_is_aligned_paragraph_by_paragraph_in_every_language():
+    paragraphs = synth_module.parallel_paragraphs()
+    assert len(paragraphs) == 50 and all(set(p) == set(languages()) for p in paragraphs.values())
+    assert paragraphs["a03.1"]["en"] == "Everyone has the right to life, liberty and the security of person."
+    assert paragraphs["a03.1"]["fr"].startswith("Tout individu a droit à la vie")
+    units = synth_module.parallel_units("fr", "en", ["a01.1", "a03.1"])
+    # Article 1 has two sentences on both sides: aligned sentence by sentence; article 3 is one
+    assert [u[0] for u in units] == ["a01.1.1", "a01.1.2", "a03.1"]
+    assert units[1][2] == "They are endowed with reason and conscience and should act towards one another in a " \
+        "spirit of brotherhood."  # fmt: skip
+
+
+def test_a_parallel_corpus_translates_into_english_and_out_of_it_and_holds_out_paragraphs_everywhere():
+    clips = plan(["fr", "sw", "en"], 100, seed=0, parallel=True)
+    assert clips == plan(["fr", "sw", "en"], 100, seed=0, parallel=True)
+    split = synth_module.parallel_split(0)
+    assert sorted(sum(split.values(), [])) == sorted(synth_module.parallel_paragraphs())
+    for lang, tgt in (("fr", "en"), ("sw", "en"), ("en", "fr"), ("en", "sw")):
+        for name, ids in split.items():
+            expected = {(a, b) for _, a, b in synth_module.parallel_units(lang, tgt, ids)}
+            got = {(c.text, c.translation) for c in clips if c.lang == lang and c.tgt_lang == tgt and c.split == name}
+            assert got and got <= expected, (lang, tgt, name)
+    assert {c.tgt_lang for c in clips if c.lang == "en"} == {"fr", "sw"}
+    said = lambda split: {(c.lang, c.text) for c in clips if c.split == split}  # noqa: E731
+    assert not said("test") & said("train") and not said("valid") & said("train")
+    with pytest.raises(ConfigError, match="other languages"):
+        plan(["en"], 30, seed=0, parallel=True)
+
+
 @pytest.fixture
 def fake_espeak(monkeypatch):
     """espeak-ng stood in for by a tone per clip (its pitch and speed decide the tone), counting the calls."""

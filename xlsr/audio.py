@@ -4,6 +4,8 @@ wav, flac, ogg (Vorbis, Opus) and mp3 are decoded by soundfile (libsndfile); oth
 (m4a, webm, video files) by PyAV when it is installed (`pip install av`). Any sample rate is
 resampled with soxr, any number of channels is averaged to mono, integer samples are scaled to
 [-1, 1]. Long files can be streamed block by block so memory does not grow with their length.
+An `EncodedAudio` (the bytes of an audio file kept inside another file, such as a row of a Hugging Face
+dataset: `data/tables.py`) is decoded from memory by the same decoders, without a temporary file.
 
 The native decoders write their own diagnostics straight to the process's stderr (libmpg123 inside
 libsndfile prints "Note: Illegal Audio-MPEG-Header ..." for a text file named .mp3). Every call into them
@@ -13,6 +15,7 @@ runs under `_native_quiet`, so a bad file gets xlsr's one line (an AudioError) a
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import sys
@@ -60,6 +63,29 @@ BLOCK_SECONDS = 30.0  # what stream_audio decodes at a time
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 1_000_000
 _SF_FORMATS = "wav, flac, ogg, mp3 or aiff"  # what libsndfile reads
 _PYAV_HINT = "pip install av (or pip install 'xlsr[formats]')"
+
+
+class EncodedAudio:
+    """An audio file's encoded bytes kept inside another file (a row of a parquet or Arrow table). `str()` is
+    the name messages give it; `suffix` the original file's extension when known. Subclasses: `read_bytes`."""
+
+    suffix = ""
+
+    def read_bytes(self) -> bytes:
+        raise NotImplementedError
+
+
+AudioInput = str | Path | EncodedAudio  # what the functions below read
+
+
+def _file(path: AudioInput) -> Path | EncodedAudio:
+    return path if isinstance(path, EncodedAudio) else Path(path)
+
+
+def _opened(path: Path | EncodedAudio) -> str | io.BytesIO:
+    """What the decoders open: the file's name, or its bytes as a file object."""
+    return io.BytesIO(path.read_bytes()) if isinstance(path, EncodedAudio) else str(path)
+
 
 _quiet_lock = threading.Lock()
 _quiet_depth = 0  # how many threads are inside a native call now
@@ -115,7 +141,11 @@ def _quietly(it: Iterator) -> Iterator:
         yield item
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path | EncodedAudio) -> None:
+    if isinstance(path, EncodedAudio):
+        if not path.read_bytes():
+            raise AudioError(path, "the audio is empty (0 bytes)")
+        return
     if not path.exists():
         raise AudioError(path, "no such file")
     if path.is_dir():
@@ -124,22 +154,25 @@ def _check_file(path: Path) -> None:
         raise AudioError(path, "the file is empty (0 bytes)")
 
 
-def _check_rate(path: Path, rate: int) -> None:
+def _check_rate(path: Path | EncodedAudio, rate: int) -> None:
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise AudioError(
             path, f"implausible sample rate {rate} Hz in the file's header (corrupt?): xlsr reads 1 kHz to 1 MHz"
         )
 
 
-def _needs_pyav(path: Path) -> bool:
+def _needs_pyav(path: Path | EncodedAudio) -> bool:
     """Whether the file is in a format only PyAV reads: by its name, or by the magic bytes of MP4/M4A
     (`ftyp` box), Matroska/WebM (EBML), ASF/WMA and AMR."""
     if path.suffix.lower() in PYAV_EXTENSIONS:
         return True
     try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError:
+        if isinstance(path, EncodedAudio):
+            head = path.read_bytes()[:16]
+        else:
+            with open(path, "rb") as f:
+                head = f.read(16)
+    except (OSError, AudioError):
         return False
     return (
         head[4:8] == b"ftyp"
@@ -159,7 +192,7 @@ def _reason(e: BaseException) -> str:
     return text.rstrip(".")
 
 
-def _open_av(path: Path):
+def _open_av(path: Path | EncodedAudio):
     """Opens `path` with PyAV, after soundfile could not."""
     try:
         import av
@@ -171,7 +204,7 @@ def _open_av(path: Path):
         raise AudioError(path, f"not a readable audio file (not valid {_SF_FORMATS} data)") from None
     try:
         with _native_quiet():
-            container = av.open(str(path))
+            container = av.open(_opened(path))
     except Exception as e:  # PyAV raises a family of FFmpeg errors
         raise AudioError(
             path, f"not a readable audio file (neither libsndfile nor FFmpeg can decode it: {_reason(e)})"
@@ -182,7 +215,7 @@ def _open_av(path: Path):
     return container
 
 
-def _av_blocks(path: Path, sample_rate: int) -> Iterator[np.ndarray]:
+def _av_blocks(path: Path | EncodedAudio, sample_rate: int) -> Iterator[np.ndarray]:
     """Decode with PyAV, resampled to `sample_rate` mono float32 by FFmpeg's resampler."""
     container = _open_av(path)  # first: it says what to install when PyAV is missing
     import av
@@ -208,7 +241,9 @@ def _av_blocks(path: Path, sample_rate: int) -> Iterator[np.ndarray]:
         raise AudioError(path, "no audio frame could be decoded: not an audio file, or corrupt")
 
 
-def _sf_blocks(f: sf.SoundFile, path: Path, sample_rate: int, block_seconds: float) -> Iterator[np.ndarray]:
+def _sf_blocks(
+    f: sf.SoundFile, path: Path | EncodedAudio, sample_rate: int, block_seconds: float
+) -> Iterator[np.ndarray]:
     """Read `f` block by block, down-mix, resample with a streaming soxr resampler."""
     _check_rate(path, f.samplerate)
     resampler = (
@@ -232,15 +267,15 @@ def _sf_blocks(f: sf.SoundFile, path: Path, sample_rate: int, block_seconds: flo
 
 
 def stream_audio(
-    path: str | Path, sample_rate: int = SAMPLE_RATE, block_seconds: float = BLOCK_SECONDS
+    path: AudioInput, sample_rate: int = SAMPLE_RATE, block_seconds: float = BLOCK_SECONDS
 ) -> Iterator[np.ndarray]:
     """Yields consecutive blocks (S_i,) float32 of the file as 16 kHz mono; their concatenation is
     what `load_audio` returns. Raises AudioError for a missing, empty, corrupt or non-audio file."""
-    path = Path(path)
+    path = _file(path)
     _check_file(path)
     try:
         with _native_quiet():
-            f = sf.SoundFile(path)
+            f = sf.SoundFile(_opened(path))
     except (sf.LibsndfileError, RuntimeError, TypeError):
         yield from _av_blocks(path, sample_rate)
         return
@@ -248,7 +283,7 @@ def stream_audio(
         yield from _sf_blocks(f, path, sample_rate, block_seconds)
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: AudioInput, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Any audio file -> (S,) float32 mono at `sample_rate`.
 
     Raises AudioError naming the file for a missing, empty, corrupt, non-audio or silent-length file.
@@ -259,20 +294,20 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return audio
 
 
-def check_waveform(audio: np.ndarray, path: str | Path) -> None:
+def check_waveform(audio: np.ndarray, path: AudioInput) -> None:
     if audio.size == 0:
         raise AudioError(path, "contains no audio samples (zero length)")
     if not np.isfinite(audio).all():
         raise AudioError(path, "contains NaN or infinite samples")
 
 
-def audio_duration(path: str | Path) -> float:
+def audio_duration(path: AudioInput) -> float:
     """Duration in seconds from the file header, without decoding (AudioError if unreadable)."""
-    path = Path(path)
+    path = _file(path)
     _check_file(path)
     try:
         with _native_quiet():
-            info = sf.info(str(path))
+            info = sf.info(_opened(path))
         _check_rate(path, info.samplerate)
         if info.frames > 0:
             return info.frames / info.samplerate

@@ -10,7 +10,7 @@ longer than that is used whole, once), softmax per crop, probabilities averaged.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import load_audio
+from .audio import load_audio, normalize
 from .checkpoints.io import atomic_path, atomic_write_text
-from .data.manifest import read_manifest
+from .data.manifest import Columns
+from .data.sources import read_source
 from .errors import ConfigError, DataError, XlsrError
 from .identify import CHUNK_SECONDS, classification_model, identify
 from .inference import model_placement, prepare_batch
@@ -30,19 +31,35 @@ BUCKETS = ((0.0, 5.0, "0-5 s"), (5.0, 20.0, "5-20 s"), (20.0, float("inf"), ">20
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
-def crop_starts(length: int, crop: int, n: int, rng: np.random.Generator) -> list[int]:
-    """fairseq's LID evaluation crops: n random starts when the utterance is longer than `crop`, else [0]."""
-    if length <= crop:
-        return [0]
-    return [int(s) for s in rng.integers(0, length - crop + 1, size=n)]
+CROP_SEED = 123  # fairseq examples/wav2vec/xlsr/scripts/gen_audio_embedding.py: np.random.seed(123)
+
+
+def crop_starts(lengths: list[int], crop: int, n: int, seed: int = CROP_SEED) -> list[list[int]]:
+    """fairseq's LID evaluation crops (gen_audio_embedding.py `resample_sample`), drawn in its order: one
+    RandomState seeded once; for each of the n crops, for each utterance in turn, a start in
+    [0, length - crop] when the utterance is longer than `crop` (only those draw), else 0 (used whole)."""
+    rng = np.random.RandomState(seed)
+    starts: list[list[int]] = [[] for _ in lengths]
+    for _ in range(n):
+        for i, length in enumerate(lengths):
+            starts[i].append(int(rng.randint(0, length - crop + 1)) if length > crop else 0)
+    return starts
 
 
 @torch.inference_mode()
-def crop_probabilities(net: nn.Module, audio: np.ndarray, crop: int, n: int, seed: int) -> np.ndarray:
-    """Softmax per random crop, averaged: (K,)."""
-    starts = crop_starts(len(audio), crop, n, np.random.default_rng(seed))
-    waves, lengths = prepare_batch([audio[s : s + crop] for s in starts], net.preprocessing, *model_placement(net))
-    return net(waves, lengths).float().softmax(-1).mean(0).cpu().numpy()
+def crop_probabilities(net: nn.Module, audio: np.ndarray, crop: int, starts: list[int]) -> np.ndarray:
+    """Softmax per crop, averaged ("mean_logit" averages probabilities): (K,). As fairseq's FileAudioDataset,
+    the utterance is normalised over ALL its samples before it is cut, and the crops are not normalised again."""
+    device, dtype = model_placement(net)
+    pre = net.preprocessing
+    whole = torch.from_numpy(audio)[None]
+    if pre.do_normalize:
+        whole = normalize(whole, None, pre.normalize_eps)
+    unique = sorted(set(starts))  # an utterance no longer than a crop is the same crop n times
+    crops = [whole[0, s : s + crop].numpy() for s in unique]
+    waves, lengths = prepare_batch(crops, replace(pre, do_normalize=False), device, dtype)
+    probs = net(waves, lengths).float().softmax(-1).cpu().numpy()
+    return probs[[unique.index(s) for s in starts]].mean(0)
 
 
 @dataclass
@@ -89,9 +106,10 @@ class ClassificationReport:
     def confusion_text(self) -> str:
         used = [i for i in range(len(self.labels)) if self.confusion[i].sum() or self.confusion[:, i].sum()]
         width = max(5, *(len(self.labels[i]) for i in used))
-        head = "ref \\ hyp".ljust(width) + " " + " ".join(self.labels[i].rjust(width) for i in used)
+        first = max(len("ref \\ hyp"), width)
+        head = "ref \\ hyp".ljust(first) + " " + " ".join(self.labels[i].rjust(width) for i in used)
         rows = [
-            self.labels[r].ljust(width) + " " + " ".join(str(self.confusion[r, c]).rjust(width) for c in used)
+            self.labels[r].ljust(first) + " " + " ".join(str(self.confusion[r, c]).rjust(width) for c in used)
             for r in used
         ]
         return "confusion matrix (rows: reference, columns: prediction)\n" + "\n".join([head, *rows])
@@ -142,6 +160,37 @@ def score(labels: tuple[str, ...], rows: list[tuple[str, str, float]]) -> Classi
     return report
 
 
+def _crop_rows(
+    net: nn.Module, utterances: list, crop: int, n: int, seed: int, failed: list[dict[str, str]], quiet: bool
+) -> list[tuple[Any, np.ndarray, float]]:
+    """fairseq's crop evaluation over a manifest -> (utterance, averaged probabilities, seconds) rows; an
+    unreadable file goes to `failed` and draws no crop."""
+    rate = net.preprocessing.sample_rate
+    fail = lambda u, e: failed.append({"path": str(u.path), "error": str(e).removeprefix(f"{u.path}: ")})  # noqa: E731
+    lengths: dict[int, int] = {}  # every length first: fairseq draws the crops of all utterances in turn
+    for i, u in enumerate(utterances):
+        try:
+            lengths[i] = u.samples or len(load_audio(u.path, rate))
+        except XlsrError as e:
+            fail(u, e)
+    rows = []
+    bar = progress(len(lengths), "evaluate", "utt", quiet)
+    for i, starts in zip(lengths, crop_starts(list(lengths.values()), crop, n, seed), strict=True):
+        bar.update(1)
+        u = utterances[i]
+        try:
+            audio = load_audio(u.path, rate)
+        except XlsrError as e:
+            fail(u, e)
+            continue
+        if len(audio) != lengths[i]:
+            fail(u, f"{len(audio)} samples at {rate} Hz, but the manifest says {lengths[i]}")
+            continue
+        rows.append((u, crop_probabilities(net, audio, crop, starts), len(audio) / rate))
+    bar.close()
+    return rows
+
+
 def evaluate_classifier(
     model: str | Path | nn.Module | None,
     manifest: str | Path,
@@ -150,39 +199,32 @@ def evaluate_classifier(
     crops: int | None = None,
     crop_seconds: float = 10.0,
     plot: str | Path | None = None,
-    seed: int = 0,
+    seed: int = CROP_SEED,
     chunk_seconds: float = CHUNK_SECONDS,
     batch_seconds: float = 60.0,
     device: str | None = None,
     dtype: str | None = None,
     threads: int | None = None,
     quiet: bool = False,
+    audio_column: str | None = None,
 ) -> ClassificationReport:
-    """Classifies every utterance of `manifest` and scores it against its `label_column`."""
+    """Classifies every utterance of `manifest` (any data source of `data/sources.py`, its test split) and scores
+    it against its `label_column`; a row without a label is a failed utterance."""
     if crops is not None and crops < 1:
         raise ConfigError(f"--crops must be at least 1, got {crops}")
     set_threads(threads)
     net = classification_model(model, device, dtype)
-    utterances = read_manifest(manifest)
+    source = read_source(manifest, Columns(audio=audio_column, label=label_column), "test")
+    utterances = source.utterances
     refs = [u.get(label_column) for u in utterances]
-    if all(r is None for r in refs):
+    if utterances and all(r is None for r in refs):
         raise DataError(f"{manifest}: no '{label_column}' column to score against (set --label-column)")
-    rows, report_rows, failed = [], [], []
+    rows, report_rows, failed = [], [], [{"path": bad.where, "error": bad.cause} for bad in source.bad]
     if crops:
-        bar = progress(len(utterances), "evaluate", "utt", quiet)
-        crop = int(crop_seconds * net.preprocessing.sample_rate)
-        for i, u in enumerate(utterances):
-            bar.update(1)
-            try:
-                audio = load_audio(u.path, net.preprocessing.sample_rate)
-            except XlsrError as e:
-                failed.append({"path": str(u.path), "error": str(e).removeprefix(f"{u.path}: ")})
-                continue
-            probs = crop_probabilities(net, audio, crop, crops, seed * 1_000_003 + i)
-            rows.append((u, probs, len(audio) / net.preprocessing.sample_rate))
-        bar.close()
+        rows = _crop_rows(net, utterances, int(crop_seconds * net.preprocessing.sample_rate), crops, seed, failed,
+                          quiet)  # fmt: skip
     else:
-        results = identify(net, [manifest], top_k=len(net.cfg.labels), chunk_seconds=chunk_seconds,
+        results = identify(net, utterances, top_k=len(net.cfg.labels), chunk_seconds=chunk_seconds,
                            batch_seconds=batch_seconds, quiet=quiet)  # fmt: skip
         for u, r in zip(utterances, results, strict=True):
             if r.error:

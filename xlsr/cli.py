@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -22,6 +23,15 @@ AUDIO_HELP = (
     "audio files (wav, flac, ogg, opus, mp3; m4a/webm/video with PyAV), folders (searched recursively) "
     "or manifests (.tsv with a 'path' column)"
 )
+DATA_HELP = (
+    "a TSV manifest (xlsr's, fairseq's, or a Common Voice train.tsv/dev.tsv/test.tsv), a Common Voice release folder "
+    "(clips/ and its TSVs), a Hugging Face dataset saved with save_to_disk, or parquet files (a file or a folder)"
+)
+COLUMN_HELP = {
+    "audio": "the audio column of a data source (default: 'path' in a TSV; 'audio' or the Audio feature in a "
+    "dataset): encoded bytes or file paths",
+    "text": "the transcripts' column (default: 'text', else 'sentence' as in Common Voice, or 'transcription')",
+}
 USE_MODEL_HELP = (
     f"the model: {MODEL_HELP}. Left out, the bundled reference model. (The model may also come first among "
     "the inputs when it is a model directory or checkpoint file that exists.)"
@@ -95,7 +105,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .features import features
 
     model, audio = model_and_audio(args, "extracted")
-    results = features(model, audio, output_dir=args.output_dir, layer=args.layer, out=args.out,
+    results = features(model, audio, output_dir=args.output_dir, layer=args.layer, pool=args.pool, out=args.out,
                        **options(args, WINDOW_OPTIONS + HARDWARE_OPTIONS + ("skip_existing", "quiet")))  # fmt: skip
     if not args.quiet:
         for r in results:
@@ -109,9 +119,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from .transcribe import print_transcripts, transcribe
 
     model, audio = model_and_audio(args, "transcribed")
-    results = transcribe(
-        model, audio, **options(args, OUTPUT_OPTIONS + WINDOW_OPTIONS + CTC_OPTIONS + HARDWARE_OPTIONS)
-    )
+    names = OUTPUT_OPTIONS + SPEECH_OPTIONS + WINDOW_OPTIONS + CTC_OPTIONS + HARDWARE_OPTIONS + DATA_OPTIONS
+    results = transcribe(model, audio, **options(args, names))
     if args.output_dir is None and is_main_process():
         print_transcripts(results, args.format)
     return summarize(results, "transcripts", quiet=not is_main_process())
@@ -122,7 +131,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     from .identify import identify, print_identifications
 
     model, audio = model_and_audio(args, "identified")
-    names = OUTPUT_OPTIONS + ("chunk_seconds", "batch_seconds") + HARDWARE_OPTIONS
+    names = OUTPUT_OPTIONS + SPEECH_OPTIONS + ("chunk_seconds", "batch_seconds") + HARDWARE_OPTIONS + DATA_OPTIONS
     results = identify(model, audio, top_k=args.top_k, **options(args, names))
     if args.output_dir is None and is_main_process():
         print_identifications(results, args.format)
@@ -141,6 +150,13 @@ def cmd_translate(args: argparse.Namespace) -> int:
     return summarize(results, "translations", quiet=not is_main_process())
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    serve(**{k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
@@ -150,7 +166,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json_path:
         warnings.warn("--json PATH is now --output-dir DIR (writes DIR/report.json)", FutureWarning, stacklevel=1)
     report = evaluate(model, manifest, output_dir=args.output_dir, json_path=args.json_path, plot=args.plot,
-                      label_column=args.label_column, crops=args.crops, crop_seconds=args.crop_seconds,
+                      label_column=args.label_column, crops=args.crops, crop_seconds=args.crop_seconds, seed=args.seed,
+                      text_column=args.text_column, audio_column=args.audio_column,
                       **options(args, WINDOW_OPTIONS + CTC_OPTIONS + HARDWARE_OPTIONS + ("quiet",)))  # fmt: skip
     print(report.table())
     for f in report.failed:
@@ -164,7 +181,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretraining.task import pretrain
 
     result = pretrain(args.train, args.out, valid=args.valid, config=args.config, preset=args.preset, init=args.init,
-                      set=args.set, quiet=args.quiet)  # fmt: skip
+                      set=args.set, quiet=args.quiet, audio_column=args.audio_column)  # fmt: skip
     print(f"done: {result['update']} updates; checkpoints in {result['out_dir']}/checkpoints")
     return 0
 
@@ -173,7 +190,8 @@ def cmd_finetune_ctc(args: argparse.Namespace) -> int:
     from .finetuning.ctc import finetune_ctc
 
     result = finetune_ctc(args.init, args.train, args.valid, args.out, config=args.config, vocab=args.vocab,
-                          set=args.set, quiet=args.quiet)  # fmt: skip
+                          set=args.set, quiet=args.quiet, text_column=args.text_column,
+                          audio_column=args.audio_column)  # fmt: skip
     print(f"done: {result['update']} updates; best validation WER {_percent(result['best'])}; model in {args.out}/best")
     return 0
 
@@ -182,7 +200,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .synth import synth
 
     langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
-    made = synth(args.out, langs, per_lang=args.per_lang, seed=args.seed, quiet=args.quiet, overwrite=args.overwrite)
+    made = synth(args.out, langs, per_lang=args.per_lang, seed=args.seed, speakers=args.speakers,
+                 parallel=args.parallel, quiet=args.quiet, overwrite=args.overwrite)  # fmt: skip
     counts = ", ".join(f"{len(rows)} {split}" for split, rows in made.items())
     print(f"wrote {args.out}: {counts} clips; manifests {args.out}/train.tsv, valid.tsv, test.tsv")
     return 0
@@ -192,7 +211,8 @@ def cmd_finetune_classify(args: argparse.Namespace) -> int:
     from .finetuning.classify import finetune_classify
 
     result = finetune_classify(args.init, args.train, args.valid, args.out, label_column=args.label_column,
-                               config=args.config, set=args.set, quiet=args.quiet)  # fmt: skip
+                               config=args.config, set=args.set, quiet=args.quiet,
+                               audio_column=args.audio_column)  # fmt: skip
     print(f"done: {result['update']} updates; best validation accuracy {_percent(result['best'])}; "
           f"model in {args.out}/best")  # fmt: skip
     return 0
@@ -217,8 +237,10 @@ class _PrintConfig(argparse.Action):
 
 
 def add_training_options(p: argparse.ArgumentParser, task: str, valid_required: bool = False) -> None:
-    p.add_argument("--train", required=True, help="training manifest (TSV: path, samples, lang, ...; or fairseq's)")
-    p.add_argument("--valid", required=valid_required, help="validation manifest")
+    p.add_argument("--train", required=True, help=f"training data: {DATA_HELP} (a folder holding splits: its train)")
+    p.add_argument("--valid", required=valid_required,
+                   help="validation data, as --train (a folder holding splits: its validation, valid or "
+                   "dev)")  # fmt: skip
     p.add_argument("--output-dir", "--out", dest="out", required=True, metavar="DIR",
                    help="output directory; re-running with the same one resumes")  # fmt: skip
     p.add_argument("--print-config", action=_PrintConfig, task=task,
@@ -232,13 +254,16 @@ def add_training_options(p: argparse.ArgumentParser, task: str, valid_required: 
         help="override options, e.g. --set lr=1e-4 max_update=20000 model.dropout=0.0",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    add_columns(p, text=task == "ctc")
 
 
 # Option groups: the same flag, name and default in every command that has it (and in the Python function).
 OUTPUT_OPTIONS = ("output_dir", "format", "skip_existing", "quiet")
+SPEECH_OPTIONS = ("speech_check",)
 WINDOW_OPTIONS = ("chunk_seconds", "stride_seconds", "batch_seconds")
 CTC_OPTIONS = ("lm", "lexicon", "lm_weight", "word_score", "beam_size", "hotwords", "hotword_weight")
 HARDWARE_OPTIONS = ("device", "dtype", "threads")
+DATA_OPTIONS = ("audio_column",)  # the inputs' data sources (data/sources.py)
 GENERATION_OPTIONS = ("beam_size", "max_new_tokens", "max_len_a", "max_len_b", "min_len", "length_penalty",
                       "no_repeat_ngram_size")  # fmt: skip
 
@@ -260,6 +285,20 @@ def add_outputs(p: argparse.ArgumentParser, formats: list[str], help: str, suffi
                    "stdout: one line per file for txt, JSON Lines for json)")  # fmt: skip
     g.add_argument("--skip-existing", action="store_true", help="with --output-dir: skip inputs already written")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_speech_check(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--no-speech-check", dest="speech_check", action="store_false",
+                   help=f"{what} every file, even one the speech detector finds no speech in (default: such a file "
+                   "is reported as 'no speech')")  # fmt: skip
+
+
+def add_columns(p: argparse.ArgumentParser, text: bool = False) -> None:
+    """--audio-column (and --text-column): which columns of a data source (data/sources.py) hold what."""
+    g = p.add_argument_group("data columns (Hugging Face datasets, parquet, TSV manifests)")
+    g.add_argument("--audio-column", metavar="NAME", help=COLUMN_HELP["audio"])
+    if text:
+        g.add_argument("--text-column", metavar="NAME", help=COLUMN_HELP["text"])
 
 
 def add_windows(p: argparse.ArgumentParser, chunk: float = 20.0, stride: bool = True, help_extra: str = "") -> None:
@@ -302,7 +341,8 @@ def parse_info(p: argparse.ArgumentParser) -> None:
 
 def parse_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help=MODEL_HELP)
-    p.add_argument("dst", help="output directory (replaced atomically if it is already a model directory)")
+    p.add_argument("dst", help="output directory, Hugging Face layout (replaced atomically if it is already a model "
+                   "directory); a name ending in .pt writes an xlsr checkpoint instead")  # fmt: skip
     p.add_argument("--dict", dest="dict_path", metavar="PATH", help="fairseq dictionary (dict.ltr.txt, dict.txt)")
     p.add_argument("--spm", dest="spm_path", metavar="PATH", help="a fairseq translation model's sentencepiece model")
     p.add_argument("--encoder-only", action="store_true",
@@ -319,6 +359,8 @@ def parse_features(p: argparse.ArgumentParser) -> None:
     add_model(p)
     p.add_argument("audio", nargs="+", metavar="AUDIO", help=AUDIO_HELP)
     p.add_argument("--layer", type=int, metavar="K", help="output of block K instead of the final output")
+    p.add_argument("--pool", choices=["mean"], help="mean: one vector per file, the mean over its frames (utterance "
+                   "embeddings, e.g. for speaker verification by cosine similarity)")  # fmt: skip
     add_outputs(p, [], "", suffix="npy")
     p.add_argument("--out", help=argparse.SUPPRESS)  # the old spelling of --output-dir (or a .npy for one input)
     add_windows(p, help_extra="; the Transformer sees one window at a time")
@@ -330,8 +372,10 @@ def parse_transcribe(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", nargs="+", metavar="AUDIO", help=AUDIO_HELP)
     add_outputs(p, ["txt", "json", "srt", "vtt", "tsv"],
                 "txt (default), json (words with times and confidence), srt, vtt, tsv (cues)")  # fmt: skip
+    add_speech_check(p, "transcribe")
     add_windows(p)
     add_ctc_decoding(p)
+    add_columns(p)
     add_hardware(p)
 
 
@@ -340,7 +384,9 @@ def parse_identify(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", nargs="+", metavar="AUDIO", help=AUDIO_HELP)
     p.add_argument("--top-k", type=int, default=3, help="labels to report per file (default 3)")
     add_outputs(p, ["txt", "json", "tsv"], "txt (default: the top-k 'label probability' pairs), json, tsv")
+    add_speech_check(p, "classify")
     add_windows(p, chunk=10.0, stride=False)
+    add_columns(p)
     add_hardware(p)
 
 
@@ -369,7 +415,8 @@ def parse_translate(p: argparse.ArgumentParser) -> None:
 def parse_evaluate(p: argparse.ArgumentParser) -> None:
     add_model(p)
     p.add_argument("audio", nargs="+", metavar="MANIFEST",
-                   help="TSV manifest with 'path' and 'text' (CTC) or a label column, optionally 'lang'")  # fmt: skip
+                   help=f"the test data, with a text (CTC) or label column: {DATA_HELP} (a folder holding splits: its "
+                   "test)")  # fmt: skip
     g = p.add_argument_group("outputs")
     g.add_argument(
         "--output-dir", metavar="DIR", help="also write the full report (every utterance) as DIR/report.json"
@@ -385,12 +432,14 @@ def parse_evaluate(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stride-seconds", type=float, help="CTC models: context on each side of a window (default 3)")
     g.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (default 60)")
     add_ctc_decoding(p, defaults=False)
+    add_columns(p, text=True)
     g = p.add_argument_group("classification models")
     g.add_argument("--label-column", help="the manifest column holding the true label (default lang)")
     g.add_argument("--crops", type=int, nargs="?", const=10, metavar="N",
                    help="fairseq's LID procedure: N random crops per utterance (10 when N is left out), softmax per "
                    "crop, probabilities averaged (default: whole utterances, in windows)")  # fmt: skip
     g.add_argument("--crop-seconds", type=float, help="crop length for --crops (default 10)")
+    g.add_argument("--seed", type=int, help="seed of the --crops draws (default 123, as fairseq's scripts)")
     g.add_argument("--plot", metavar="PNG", help="write the confusion matrix as a PNG image")
     add_hardware(p)
 
@@ -469,6 +518,10 @@ def parse_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--langs", help=f"comma-separated languages (default: all of {','.join(languages())})")
     p.add_argument("--per-lang", type=int, default=200, help="clips per language, over the three splits (200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--speakers", type=int, metavar="N", help="N fixed toy speakers say every clip, in turn (a "
+                   "speaker-ID corpus; default: each clip draws its own voice)")  # fmt: skip
+    p.add_argument("--parallel", action="store_true", help="a speech-translation corpus: clips say aligned UDHR "
+                   "sentences; manifests add 'translation', 'tgt_lang' (X -> en, en -> the other --langs)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace a corpus already in OUT (its clips and manifests)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -482,7 +535,7 @@ def parse_finetune_ctc(p: argparse.ArgumentParser) -> None:
 def parse_finetune_classify(p: argparse.ArgumentParser) -> None:
     add_training_options(p, "classify", valid_required=True)
     p.add_argument("--init", required=True, help="the pretrained model: " + MODEL_HELP)
-    p.add_argument("--label-column", help="manifest column with the labels (default lang)")
+    p.add_argument("--label-column", help="the data's column with the labels (default lang; Common Voice: its locale)")
 
 
 COMMANDS.update(
@@ -508,6 +561,45 @@ COMMANDS.update(
             "--overwrite.",
         ),
     }
+)
+
+
+def parse_serve(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models (each loaded once)")
+    g.add_argument("--asr", metavar="MODEL", help="CTC model for /v1/audio/transcriptions (default: the bundled one; "
+                   "'none': no transcription)")  # fmt: skip
+    g.add_argument("--st", metavar="MODEL", help="speech-translation model for /v1/audio/translations (default: none)")
+    g.add_argument("--lid", metavar="MODEL", help="classification model for /v1/identify (default: the bundled "
+                   "language-ID model; 'none': no identification)")  # fmt: skip
+    g.add_argument("--lm", help="KenLM n-gram model: beam search for every transcription (as xlsr transcribe --lm)")
+    g.add_argument("--lexicon", help="with --lm: its lexicon")
+    g = p.add_argument_group("network")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    g.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    g.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on every endpoint but "
+                   "/health and the page (default: the XLSR_API_KEY variable, else none)")  # fmt: skip
+    g = p.add_argument_group("batching and limits")
+    g.add_argument("--max-batch", type=int, default=16, metavar="N",
+                   help="windows or segments per model batch, across requests (default 16)")  # fmt: skip
+    g.add_argument("--max-wait-ms", type=float, default=10.0, metavar="T",
+                   help="how long a batch waits for more requests to join it (default 10)")  # fmt: skip
+    g.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="requests admitted at once; more get 503 with Retry-After (default 64)")  # fmt: skip
+    g.add_argument("--max-upload-mb", type=float, default=25.0, metavar="M", help="largest upload (default 25 MB)")
+    g.add_argument("--max-audio-s", type=float, default=3600.0, metavar="S",
+                   help="longest recording per request (default 3600 s)")  # fmt: skip
+    add_hardware(p)
+
+
+COMMANDS["serve"] = (
+    parse_serve,
+    cmd_serve,
+    "serve the models over HTTP (OpenAI's audio API) with a page to try them",
+    "Serve speech recognition, translation and language ID over HTTP: OpenAI's POST /v1/audio/transcriptions and "
+    "/v1/audio/translations (so its clients work unchanged), POST /v1/identify, GET /v1/models, /health, /metrics "
+    "(Prometheus), and a page at / to upload or record audio. Each model is loaded once; requests from many "
+    "clients are batched together; results are those of xlsr transcribe / translate / identify --format json. "
+    "Needs the [serve] extra (pip install 'xlsr[serve]').",
 )
 FINETUNE_TASKS = {
     "ctc": (
@@ -571,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xlsr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `xlsr ... | head`: the reader left; say nothing more (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ SAMPLE_RATE = 16000
 CONV_LAYERS: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
 
 HEADS = ("none", "pretraining", "ctc", "classification")
+CLASSIFIER_ACTIVATIONS = ("linear", "gelu")  # what follows the pooled mean (fairseq MeanPoolingFast activation_fn)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class ModelConfig:
     labels: tuple[str, ...] = ()  # classification labels, index = class id (HF id2label)
     classifier_proj_size: int = 256
     use_weighted_layer_sum: bool = False
+    # after the mean over frames: "linear" (none: transformers Wav2Vec2ForSequenceClassification) or "gelu"
+    # (fairseq wav2vec_classification's MeanPoolingFast with its default activation_fn)
+    classifier_activation: str = "linear"
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -78,6 +82,11 @@ class ModelConfig:
             raise ConfigError("a CTC model needs vocab_size > 0")
         if self.head == "classification" and len(self.labels) < 2:
             raise ConfigError("a classification model needs at least two labels")
+        if self.classifier_activation not in CLASSIFIER_ACTIVATIONS:
+            raise ConfigError(
+                f"classifier_activation must be one of {', '.join(CLASSIFIER_ACTIVATIONS)}, "
+                f"not {self.classifier_activation!r}"
+            )
         if not self.post_extract_proj and self.conv_dim != self.encoder_embed_dim:
             raise ConfigError("post_extract_proj=False needs the last conv dim to equal encoder_embed_dim")
 

@@ -1,8 +1,9 @@
 """The one inference driver behind `xlsr transcribe`, `identify`, `features` and `translate`.
 
-Every batch command does the same around its model: expand the inputs (files, folders, manifests), skip the
-inputs whose output already exists, run the rest (the command's `process`), write each output atomically as
-soon as it is done, give every bad input one line and carry on with the others, print a summary and choose
+Every batch command does the same around its model: expand the inputs (files, folders, manifests and the
+other data sources of `data/sources.py`, or utterances already read), skip the inputs whose output already
+exists, run the rest (the command's `process`), write each output atomically as soon as it is done, give every
+bad input (or bad row of a data source) one line and carry on with the others, print a summary and choose
 the exit code. Under `torchrun` the inputs are split across the processes in length-balanced shards; each
 process writes its own outputs, and every process ends with the results of all of them (rank 0 prints).
 
@@ -23,7 +24,8 @@ from typing import Any, TypeVar
 
 from .audio import audio_duration
 from .checkpoints.io import atomic_path
-from .data.manifest import InputError, Utterance, expand_inputs, output_names
+from .data.manifest import AudioPath, Columns, Utterance, output_names
+from .data.sources import InputError, expand_inputs
 from .errors import ConfigError, XlsrError
 
 
@@ -41,7 +43,7 @@ class FileResult:
 
 
 R = TypeVar("R", bound=FileResult)
-Process = Callable[[list[Path], list[int | None]], Iterator[tuple[int, FileResult]]]
+Process = Callable[[list[AudioPath], list[int | None]], Iterator[tuple[int, FileResult]]]
 
 
 def check_format(format: str, formats: tuple[str, ...]) -> None:
@@ -50,7 +52,7 @@ def check_format(format: str, formats: tuple[str, ...]) -> None:
 
 
 def run_inputs(
-    audio: list[str | Path],
+    audio: list[str | Path | Utterance],
     process: Process,
     make: type[R],
     model: str,
@@ -59,9 +61,11 @@ def run_inputs(
     skip_existing: bool = False,
     render: Callable[[R, str], str | bytes] | None = None,
     on_result: Callable[[R], None] | None = None,
+    audio_column: str | None = None,
 ) -> list[R]:
-    """Runs one batch command over `audio`; returns one result per input, in input order (see the module)."""
-    entries = expand_inputs(audio)
+    """Runs one batch command over `audio`; returns one result per input, in input order (see the module).
+    `audio_column` names the audio column of the data sources among the inputs (tables, TSVs)."""
+    entries = expand_inputs(audio, Columns(audio=audio_column))
     items = {i: u for i, u in enumerate(entries) if isinstance(u, Utterance)}
     names = dict(zip(items, output_names([u.path for u in items.values()])))
     out_dir = Path(output_dir) if output_dir else None

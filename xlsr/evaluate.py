@@ -17,7 +17,8 @@ from torch import nn
 
 from .checkpoints import inference_model
 from .checkpoints.io import atomic_write_text
-from .data.manifest import read_manifest
+from .data.manifest import Columns
+from .data.sources import read_source
 from .errors import ConfigError, DataError
 from .text.normalize import TextNormalization, normalize_text
 
@@ -66,8 +67,9 @@ def error_rates(references: list[str], hypotheses: list[str]) -> ErrorRates:
 
 
 # Options that only one kind of model takes; given to the other kind they are refused, never dropped.
-CTC_OPTIONS = ("stride_seconds", "lm", "lexicon", "lm_weight", "word_score", "beam_size", "hotwords", "hotword_weight")
-CLASSIFIER_OPTIONS = ("label_column", "crops", "crop_seconds", "plot")
+CTC_OPTIONS = ("stride_seconds", "lm", "lexicon", "lm_weight", "word_score", "beam_size", "hotwords", "hotword_weight",
+               "text_column")  # fmt: skip
+CLASSIFIER_OPTIONS = ("label_column", "crops", "crop_seconds", "seed", "plot")
 REPORT_FILE = "report.json"
 
 
@@ -90,19 +92,24 @@ def evaluate(
     label_column: str | None = None,
     crops: int | None = None,
     crop_seconds: float | None = None,
+    seed: int | None = None,
     plot: str | Path | None = None,
     device: str | None = None,
     dtype: str | None = None,
     threads: int | None = None,
     quiet: bool = False,
+    text_column: str | None = None,
+    audio_column: str | None = None,
 ):
     """Transcribes (CTC) or classifies (classification head) a manifest and scores it against its references.
 
     model: any model xlsr reads (None: the bundled CTC model). The report goes to `output_dir/report.json`
     (and `json_path`, the old spelling). CTC models take the decoding options of `transcribe`
-    (`CTC_OPTIONS`); classifiers `label_column` (default lang), `crops`, `crop_seconds` (default 10) and
-    `plot` (see `classify.py`). An option of the other kind is refused in one line, never silently dropped;
-    options left at None take the defaults of `xlsr transcribe` / `xlsr identify`.
+    (`CTC_OPTIONS`); classifiers `label_column` (default lang), `crops`, `crop_seconds` (default 10), `seed`
+    (of the crops; default fairseq's 123) and `plot` (see `classify.py`). An option of the other kind is
+    refused in one line, never silently dropped; options left at None take the defaults of `xlsr transcribe` /
+    `xlsr identify`. `manifest` is any data source of `data/sources.py` (its test split), its columns named by
+    `text_column` (CTC), `label_column` (classifiers) and `audio_column`; a bad row is a failed utterance.
     """
     net = inference_model(model, device, dtype)
     given = {k: v for k, v in locals().items() if k in CTC_OPTIONS + CLASSIFIER_OPTIONS and v not in (None, ())}
@@ -114,7 +121,8 @@ def evaluate(
         raise ConfigError(f"{flags}: not an option for {kind} ({net.source}); it applies to {other}")
     report_paths = [Path(output_dir) / REPORT_FILE] if output_dir else []
     report_paths += [Path(json_path)] if json_path else []
-    common = dict(batch_seconds=batch_seconds, device=device, dtype=dtype, threads=threads, quiet=quiet)
+    common = dict(batch_seconds=batch_seconds, device=device, dtype=dtype, threads=threads, quiet=quiet,
+                  audio_column=audio_column)  # fmt: skip
     if classifier:
         from .classify import evaluate_classifier
 
@@ -122,7 +130,7 @@ def evaluate(
             common["chunk_seconds"] = chunk_seconds
         report = evaluate_classifier(net, manifest, label_column=label_column or "lang", crops=crops,
                                      crop_seconds=10.0 if crop_seconds is None else crop_seconds, plot=plot,
-                                     **common)  # fmt: skip
+                                     **({} if seed is None else {"seed": seed}), **common)  # fmt: skip
     else:
         report = _evaluate_ctc(net, manifest, normalization, chunk_seconds=chunk_seconds, **given, **common)
     for path in report_paths:
@@ -131,19 +139,24 @@ def evaluate(
 
 
 def _evaluate_ctc(
-    net: nn.Module, manifest: str | Path, normalization: TextNormalization, chunk_seconds: float | None, **options: Any
+    net: nn.Module,
+    manifest: str | Path,
+    normalization: TextNormalization,
+    chunk_seconds: float | None,
+    text_column: str | None = None,
+    audio_column: str | None = None,
+    **options: Any,
 ) -> AsrReport:
     from .transcribe import transcribe
 
-    utterances = read_manifest(manifest)
-    missing = [u.path for u in utterances if u.text is None]
-    if missing:
-        raise DataError(f"{manifest}: evaluation needs a 'text' column ({len(missing)} rows have none)")
+    rows = read_source(manifest, Columns(audio=audio_column, text=text_column, need_text=True), "test")
+    utterances = rows.utterances
     if chunk_seconds is not None:
         options["chunk_seconds"] = chunk_seconds
-    transcripts = transcribe(net, [manifest], **options)
+    transcripts = transcribe(net, utterances, **options)
     groups: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     report = AsrReport(ErrorRates(0, 0, 0, 0), {})
+    report.failed = [{"path": bad.where, "error": bad.cause} for bad in rows.bad]
     for u, t in zip(utterances, transcripts, strict=True):
         if t.error:
             report.failed.append({"path": str(u.path), "error": t.error})

@@ -1,4 +1,6 @@
-"""`xlsr features`: one (frames, dim) array per audio file, from the final output or any block.
+"""`xlsr features`: one (frames, dim) array per audio file, from the final output or any block; with
+`pool="mean"`, one (dim,) vector per file instead (the mean over its frames: an utterance embedding for
+speaker verification or clustering, scored by cosine similarity).
 
 Files go through the shared inference driver (`driver.py`: one line per bad input, the others written,
 atomic writes, --skip-existing) and the window runner (`inference.py`: long recordings in windows of
@@ -22,8 +24,10 @@ from .audio import normalize
 from .checkpoints import inference_model
 from .driver import run_inputs, write_atomic
 from .errors import ConfigError
-from .inference import FrameCollector, WindowedRunner
+from .inference import FrameCollector, FrameMean, WindowedRunner
 from .runtime import audio_progress, set_threads
+
+POOLING = (None, "mean")
 
 
 @dataclass
@@ -68,6 +72,7 @@ def features(
     audio: list[str | Path],
     output_dir: str | Path | None = None,
     layer: int | None = None,
+    pool: str | None = None,
     chunk_seconds: float = 20.0,
     stride_seconds: float = 3.0,
     batch_seconds: float = 60.0,
@@ -78,7 +83,8 @@ def features(
     quiet: bool = False,
     out: str | Path | None = None,
 ) -> list[FeatureFile]:
-    """Writes `output_dir/<name>.npy` per input ((frames, dim) float32); one result per input, in input order.
+    """Writes `output_dir/<name>.npy` per input ((frames, dim) float32, or with `pool="mean"` the (dim,) mean over
+    the file's frames, accumulated window by window); one result per input, in input order.
 
     model: any wav2vec2 model xlsr reads (None: the bundled reference model's encoder). `out` is the old
     spelling: a folder (= output_dir), or a `.npy` file for a single input. A file that cannot be read is
@@ -95,6 +101,8 @@ def features(
         raise ConfigError("features need --output-dir (one .npy per input)")
     if single is not None and (len(audio) != 1 or Path(audio[0]).is_dir() or Path(audio[0]).suffix == ".tsv"):
         raise ConfigError(f"{single}: a single .npy holds one file's features; give --output-dir for several")
+    if pool not in POOLING:
+        raise ConfigError(f"--pool must be one of {', '.join(p for p in POOLING if p)}, not {pool!r}")
     set_threads(threads)
     net = inference_model(model, device, dtype, kind="asr")
     if not hasattr(net, "encode") or not hasattr(net.cfg, "encoder_layers"):
@@ -109,7 +117,7 @@ def features(
 
     def process(paths, samples):
         bar = audio_progress("features", quiet)
-        for done in runner.run(paths, samples, bar, consumer=FrameCollector):
+        for done in runner.run(paths, samples, bar, consumer=FrameMean if pool == "mean" else FrameCollector):
             path = str(paths[done.item])
             if done.outputs is None:
                 yield done.item, FeatureFile(path, model=net.source, error=done.error)

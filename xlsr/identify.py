@@ -8,6 +8,7 @@ by the window's length, as they complete; the top-k labels are reported.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ import torch
 from torch import nn
 
 from .checkpoints import inference_model
-from .driver import check_format, print_results, run_inputs
+from .data.manifest import Utterance
+from .driver import Process, check_format, print_results, run_inputs
 from .errors import ConfigError
-from .inference import MIN_SPEECH_SECONDS, WindowedRunner, WithSpeech
+from .inference import MIN_SPEECH_SECONDS, FrameMean, WindowedRunner, WithSpeech
 from .runtime import audio_progress, set_threads
 
 FORMATS = ("txt", "json", "tsv")
@@ -85,24 +87,9 @@ def window_probabilities(net: nn.Module):
     return forward
 
 
-class MeanProbabilities:
-    """A file's consumer: the running mean of its frames' class probabilities."""
-
-    def __init__(self) -> None:
-        self.total: np.ndarray | float = 0.0
-        self.frames = 0
-
-    def add(self, frames: np.ndarray) -> None:
-        self.total = self.total + frames.sum(0, dtype=np.float64)
-        self.frames += len(frames)
-
-    def finish(self) -> np.ndarray:
-        return np.asarray(self.total / max(self.frames, 1))
-
-
 def identify(
     model: str | Path | nn.Module | None,
-    audio: list[str | Path],
+    audio: list[str | Path | Utterance],
     top_k: int = 3,
     output_dir: str | Path | None = None,
     format: str = "txt",
@@ -112,31 +99,65 @@ def identify(
     dtype: str | None = None,
     threads: int | None = None,
     skip_existing: bool = False,
+    speech_check: bool = True,
     quiet: bool = False,
+    audio_column: str | None = None,
 ) -> list[Identification]:
-    """Top-k labels with probabilities for files, folders and manifests; one result per input, in input order.
+    """Top-k labels with probabilities for files, folders, manifests and the other data sources of
+    `data/sources.py` (`audio_column` names their audio column); one result per input, in input order.
     model: a classification model (None: the bundled language-ID model). A file that cannot be read gets
     `error` set and every other file is still done; one with less than `MIN_SPEECH_SECONDS` of speech (the
-    detector of `vad.py`) gets no labels and `no_speech` set."""
+    detector of `vad.py`) gets no labels and `no_speech` set, unless `speech_check` is False (audio that is not
+    speech, or a detector that misjudges a recording)."""
     check_format(format, FORMATS)
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     set_threads(threads)
     net = classification_model(model, device, dtype)
+    process = identifier(
+        net,
+        top_k=top_k,
+        chunk_seconds=chunk_seconds,
+        batch_seconds=batch_seconds,
+        speech_check=speech_check,
+        quiet=quiet,
+    )
+    return run_inputs(audio, process, Identification, net.source, output_dir, format, skip_existing, render,
+                      audio_column=audio_column)  # fmt: skip
+
+
+def identifier(
+    net: nn.Module,
+    *,
+    top_k: int,
+    chunk_seconds: float,
+    batch_seconds: float,
+    speech_check: bool,
+    quiet: bool,
+    batching: Callable | None = None,
+) -> Process:
+    """`identify`'s work on a loaded classification model, as the `process` of `driver.run_inputs` (the options
+    as `identify`'s); also what `xlsr serve` runs on each upload. `batching(forward, key)` wraps the runner's
+    forward (the server's cross-request batcher, `server/batching.py`); None: the model is called directly."""
     labels = net.cfg.labels
     frame = net.cfg.frame_stride / net.preprocessing.sample_rate
-    runner = WindowedRunner.for_model(net, window_probabilities(net), chunk_seconds, frame, batch_seconds)
+    forward = window_probabilities(net)
+    if batching is not None:
+        forward = batching(forward, "window_probabilities")
+    runner = WindowedRunner.for_model(net, forward, chunk_seconds, frame, batch_seconds)
 
     def process(paths, samples):
         bar = audio_progress("identify", quiet)
-        make = lambda: WithSpeech(MeanProbabilities(), runner.sample_rate)  # noqa: E731
+        make = lambda: WithSpeech(FrameMean(), runner.sample_rate)  # noqa: E731
         for done in runner.run(paths, samples, bar, consumer=make):
             path = str(paths[done.item])
             if done.outputs is None:
                 yield done.item, Identification(path, model=net.source, error=done.error)
                 continue
             probs, speech = done.outputs
-            if speech < MIN_SPEECH_SECONDS:  # silence, noise, a click: no label rather than a confident guess
+            if (
+                speech_check and speech < MIN_SPEECH_SECONDS
+            ):  # silence, noise, a click: no label rather than a confident guess
                 yield done.item, Identification(path, [], done.seconds, net.source, no_speech=True)
                 continue
             best = np.argsort(-probs)[:top_k]
@@ -146,7 +167,7 @@ def identify(
             )
         bar.close()
 
-    return run_inputs(audio, process, Identification, net.source, output_dir, format, skip_existing, render)
+    return process
 
 
 def print_identifications(results: list[Identification], fmt: str, stream=None) -> None:

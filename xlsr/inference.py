@@ -111,6 +111,22 @@ class FrameCollector:
         return np.concatenate(self.parts)
 
 
+class FrameMean:
+    """The consumer that keeps a running mean of the frames: (K,) for the whole file, in float64 while it
+    sums (identify's class probabilities, `features --pool mean`); memory does not grow with the file."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | float = 0.0
+        self.frames = 0
+
+    def add(self, frames: np.ndarray) -> None:
+        self.total = self.total + frames.sum(0, dtype=np.float64)
+        self.frames += len(frames)
+
+    def finish(self) -> np.ndarray:
+        return np.asarray(self.total / max(self.frames, 1))
+
+
 @dataclass
 class Window:
     item: int  # index of the input it comes from

@@ -21,9 +21,11 @@ written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -77,42 +79,148 @@ class Clip:
     speed: int  # words per minute
     pitch: int  # 0-99
     name: str
+    speaker_id: str | None = None  # a speaker of a fixed set (`speakers=N`), named by its exact voice
+    translation: str | None = None  # what the clip says, in `tgt_lang` (`parallel=True`)
+    tgt_lang: str | None = None
 
     @property
     def speaker(self) -> str:
-        """The toy speaker: voice variant, pitch band, speed band (`m3-high-fast`)."""
+        """The toy speaker: voice variant, pitch band, speed band (`m3-high-fast`); in a fixed set of speakers,
+        the variant with its exact pitch and speed (`m3-p61-s174`)."""
+        if self.speaker_id is not None:
+            return self.speaker_id
         pitch = [name for low, name in PITCH_BANDS if self.pitch >= low][-1]
         speed = [name for low, name in SPEED_BANDS if self.speed >= low][-1]
         return f"{self.voice.split('+')[-1]}-{pitch}-{speed}"
 
 
-def plan(langs: list[str], per_lang: int, seed: int) -> list[Clip]:
-    """Which phrase each clip says, and with which voice: a pure function of the arguments."""
+@dataclass(frozen=True)
+class Speaker:
+    variant: str
+    pitch: int
+    speed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}-p{self.pitch}-s{self.speed}"
+
+
+def speaker_set(n: int, seed: int) -> list[Speaker]:
+    """n distinct toy speakers drawn from the seed: variants without repetition while they last (12), pitch
+    25-75 and speed 130-190 words per minute."""
+    rng = np.random.default_rng([seed, 5, 9, 13])
+    variants = [VARIANTS[i] for i in rng.permutation(len(VARIANTS))]
+    out: list[Speaker] = []
+    while len(out) < n:
+        s = Speaker(variants[len(out) % len(variants)], int(rng.integers(25, 76)), int(rng.integers(130, 191)))
+        if all(s.name != o.name for o in out):
+            out.append(s)
+    return out
+
+
+def _split_sizes(total: int) -> list[int]:
+    """`total` cut by SPLITS' shares (train, valid, test), the last taking the remainder."""
+    sizes = [int(round(share * total)) for _, share in SPLITS[:-1]]
+    return [*sizes, total - sum(sizes)]
+
+
+Unit = tuple[str, str | None, str | None]  # what a clip says, its translation, the translation's language
+
+
+def _phrase_pools(lang: str, rng: np.random.Generator) -> dict[str, list[Unit]]:
+    """The phrases of `lang`, shuffled and split by phrase."""
+    lines = sentences(lang)
+    order = [lines[i] for i in rng.permutation(len(lines))]
+    pools, start = {}, 0
+    for (split, _), count in zip(SPLITS, _split_sizes(len(lines))):
+        pools[split] = [(line, None, None) for line in order[start : start + count]]
+        start += count
+    return pools
+
+
+def plan(langs: list[str], per_lang: int, seed: int, speakers: int | None = None, parallel: bool = False) -> list[Clip]:
+    """Which phrase each clip says, and with which voice: a pure function of the arguments. With `speakers`,
+    every clip is said by one of that many fixed toy speakers, in turn (each speaks every language and split).
+    With `parallel`, clips say aligned UDHR units (`parallel_pools`) and carry their translations."""
+    voices = speaker_set(speakers, seed) if speakers else None
     clips = []
     for lang in langs:
         rng = np.random.default_rng([seed, *lang.encode()])
-        lines = sentences(lang)
-        order = rng.permutation(len(lines))
-        start = 0
-        for k, (split, share) in enumerate(SPLITS):
-            count = len(lines) - start if k == len(SPLITS) - 1 else int(round(share * len(lines)))
-            pool = [lines[i] for i in order[start : start + count]]
-            start += count
-            n = int(round(share * per_lang))
-            n = per_lang - sum(int(round(s * per_lang)) for _, s in SPLITS[:-1]) if k == len(SPLITS) - 1 else n
+        pools = parallel_pools(lang, langs, seed) if parallel else _phrase_pools(lang, rng)
+        for k, ((split, _), n) in enumerate(zip(SPLITS, _split_sizes(per_lang))):
+            pool = pools[split]
             for j in range(n):  # phrases are reused (with other voices) when n exceeds the pool
-                clips.append(
-                    Clip(
-                        lang,
-                        split,
-                        pool[j % len(pool)],
-                        f"{lang}+{VARIANTS[int(rng.integers(len(VARIANTS)))]}",
-                        int(rng.integers(130, 191)),
-                        int(rng.integers(25, 76)),
-                        f"{lang}/{split}_{j:05d}.flac",
-                    )
-                )
+                text, translation, tgt_lang = pool[j % len(pool)]
+                name = f"{lang}/{split}_{j:05d}.flac"
+                if voices:
+                    v = voices[(j + k) % len(voices)]
+                    voice, speed, pitch, speaker = f"{lang}+{v.variant}", v.speed, v.pitch, v.name
+                else:
+                    voice = f"{lang}+{VARIANTS[int(rng.integers(len(VARIANTS)))]}"
+                    speed, pitch, speaker = int(rng.integers(130, 191)), int(rng.integers(25, 76)), None
+                clips.append(Clip(lang, split, text, voice, speed, pitch, name, speaker, translation, tgt_lang))
     return clips
+
+
+# -- parallel text: speech in one language, its translation in another ---------------------------------------
+PARALLEL_FILE = TEXT_DIR / "parallel.tsv"  # the UDHR's article paragraphs in 12 languages (tools/udhr_parallel.py)
+PIVOT = "en"  # X -> English for every other language, English -> X for English clips
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
+
+
+@functools.cache
+def parallel_paragraphs() -> dict[str, dict[str, str]]:
+    """paragraph id (`a03.1`: article 3, paragraph 1) -> {language: text}, the same paragraph in every language."""
+    lines = PARALLEL_FILE.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    return {cells[0]: dict(zip(header[1:], cells[1:])) for cells in (line.split("\t") for line in lines[1:])}
+
+
+def parallel_units(src: str, tgt: str, ids: list[str]) -> list[tuple[str, str, str]]:
+    """(unit id, source text, target text) for paragraphs `ids`: sentence by sentence where both sides of the
+    paragraph have as many sentences (`a02.1.2`), else the whole paragraph (`a02.1`)."""
+    paragraphs = parallel_paragraphs()
+    out = []
+    for i in ids:
+        a, b = paragraphs[i][src], paragraphs[i][tgt]
+        sa, sb = _SENTENCE_END.split(a), _SENTENCE_END.split(b)
+        if len(sa) == len(sb) > 1:
+            out.extend((f"{i}.{n}", x, y) for n, (x, y) in enumerate(zip(sa, sb), 1))
+        else:
+            out.append((i, a, b))
+    return out
+
+
+def parallel_split(seed: int) -> dict[str, list[str]]:
+    """The paragraph ids of each split: one shuffle for every language, so a held-out paragraph is held out in
+    every language and pair (its sentences are never trained on, in any language)."""
+    ids = list(parallel_paragraphs())
+    order = [ids[i] for i in np.random.default_rng([seed, 0x55, 0x44]).permutation(len(ids))]
+    out, start = {}, 0
+    for (split, _), count in zip(SPLITS, _split_sizes(len(ids))):
+        out[split] = order[start : start + count]
+        start += count
+    return out
+
+
+def parallel_pools(lang: str, langs: list[str], seed: int) -> dict[str, list[Unit]]:
+    """What `lang`'s clips say in each split, with the translation: into English, or for English clips into the
+    other languages of the corpus in turn."""
+    if lang not in parallel_paragraphs()[next(iter(parallel_paragraphs()))]:
+        raise XlsrError(f"no parallel text for {lang!r}")
+    targets = [PIVOT] if lang != PIVOT else [t for t in langs if t != PIVOT]
+    if not targets:
+        raise ConfigError("--parallel: English clips are translated into the corpus's other languages; add one")
+    pools = {}
+    for split, ids in parallel_split(seed).items():
+        per_target = [parallel_units(lang, t, ids) for t in targets]
+        pools[split] = [
+            (units[n][1], units[n][2], t)
+            for n in range(max(map(len, per_target)))
+            for t, units in zip(targets, per_target)
+            if n < len(units)
+        ]
+    return pools
 
 
 def speak(binary: str, clip: Clip, path: Path) -> int:
@@ -129,7 +237,8 @@ def speak(binary: str, clip: Clip, path: Path) -> int:
 
 
 def _plan_record(langs: list[str], per_lang: int, seed: int, clips: list[Clip]) -> dict:
-    digest = hashlib.sha256(repr([(c.name, c.voice, c.speed, c.pitch, c.text) for c in clips]).encode()).hexdigest()
+    said = [(c.name, c.voice, c.speed, c.pitch, c.text) + ((c.translation,) if c.translation else ()) for c in clips]
+    digest = hashlib.sha256(repr(said).encode()).hexdigest()
     return {"langs": langs, "per_lang": per_lang, "seed": seed, "sha256": digest, "clips": [c.name for c in clips]}
 
 
@@ -171,10 +280,18 @@ def synth(
     langs: list[str] | None = None,
     per_lang: int = 200,
     seed: int = 0,
+    speakers: int | None = None,
+    parallel: bool = False,
     quiet: bool = False,
     overwrite: bool = False,
 ) -> dict[str, list[Utterance]]:
     """Writes OUT/<lang>/<split>_<n>.flac and OUT/{train,valid,test}.tsv (path, samples, lang, text, speaker).
+
+    speakers: a fixed set of that many toy speakers says every clip (a speaker-ID corpus: each speaker in
+    every split, the test phrases unseen in training); by default each clip draws its own voice.
+    parallel: a speech-translation corpus: clips say sentences (or paragraphs) of the UDHR's articles, and the
+    manifests add `translation` and `tgt_lang`: English for every other language, and for English clips the
+    corpus's other languages in turn; split by paragraph, the same paragraphs held out in every language.
 
     A folder that holds a corpus already is refused (ConfigError) unless `overwrite` (`--overwrite`), which
     removes that corpus's clips and manifests first; an unfinished run with the same plan is resumed.
@@ -182,8 +299,11 @@ def synth(
     langs = langs or languages()
     if per_lang < 10:
         raise XlsrError("--per-lang must be at least 10 (each split needs clips)")
+    if speakers is not None and not 2 <= speakers <= per_lang // 10:
+        raise ConfigError(f"--speakers must be between 2 and {max(per_lang // 10, 2)} (a tenth of --per-lang: each "
+                          f"speaker needs test clips), not {speakers}")  # fmt: skip
     out = Path(out)
-    clips = plan(langs, per_lang, seed)
+    clips = plan(langs, per_lang, seed, speakers, parallel)
     record = _plan_record(langs, per_lang, seed, clips)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; xlsr synth writes a corpus into a folder")
@@ -222,11 +342,20 @@ def synth(
     manifests_made: dict[str, list[Utterance]] = {}
     for split, _ in SPLITS:
         rows = [
-            Utterance(out / c.name, n, c.lang, c.text, speaker=c.speaker)
+            Utterance(
+                out / c.name,
+                n,
+                c.lang,
+                c.text,
+                c.translation,
+                c.speaker,
+                extra={"tgt_lang": c.tgt_lang} if parallel else {},
+            )  # fmt: skip
             for c, n in zip(clips, sizes)
             if c.split == split
         ]
-        write_manifest(out / f"{split}.tsv", rows, ["path", "samples", "lang", "text", "speaker"])
+        columns = ["path", "samples", "lang", "text", *(["translation", "tgt_lang"] if parallel else []), "speaker"]
+        write_manifest(out / f"{split}.tsv", rows, columns)
         manifests_made[split] = rows
     (out / PLAN_FILE).unlink()
     return manifests_made

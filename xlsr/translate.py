@@ -10,6 +10,7 @@ most `segment_seconds`, each translated on its own, with its start and end times
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from torch import nn
 
 from .checkpoints import inference_model
 from .decoding.generate import DecoderInference, DecodingOptions, generate
-from .driver import check_format, print_results, run_inputs
+from .driver import Process, check_format, print_results, run_inputs
 from .errors import ConfigError
 from .inference import SegmentRunner, model_placement
 from .models.speech_translation import SpeechTranslationModel
@@ -142,6 +143,33 @@ def translate(
     check_format(format, FORMATS)
     set_threads(threads)
     net = translation_model(model, device, dtype)
+    process = translator(net, target_lang=target_lang, beam_size=beam_size, max_new_tokens=max_new_tokens,
+                         max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, length_penalty=length_penalty,
+                         no_repeat_ngram_size=no_repeat_ngram_size, segment_seconds=segment_seconds,
+                         batch_seconds=batch_seconds, quiet=quiet)  # fmt: skip
+    return run_inputs(audio, process, Translation, net.source, output_dir, format, skip_existing, render)
+
+
+def translator(
+    net: SpeechTranslationModel,
+    *,
+    target_lang: str | None,
+    beam_size: int,
+    max_new_tokens: int | None,
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int,
+    length_penalty: float,
+    no_repeat_ngram_size: int,
+    segment_seconds: float,
+    batch_seconds: float,
+    quiet: bool,
+    batching: Callable | None = None,
+) -> Process:
+    """`translate`'s work on a loaded speech-translation model, as the `process` of `driver.run_inputs` (the
+    options as `translate`'s); also what `xlsr serve` runs on each upload. `batching(forward, key)` wraps the
+    runner's forward (the server's cross-request batcher, `server/batching.py`); None: the model is called
+    directly."""
     tag, tag_name = target_id(net, target_lang)
     cfg = net.cfg
     options = DecodingOptions(
@@ -155,6 +183,8 @@ def translate(
         encoder_out, padding = net.encode(waves, lengths)
         return [h[0] if h else None for h in generate(DecoderInference(net.decoder, encoder_out, padding), options)]
 
+    if batching is not None:
+        forward = batching(forward, options)
     device_, dtype_ = model_placement(net)
     runner = SegmentRunner(net.preprocessing.sample_rate, net.preprocessing, forward, device_, dtype_,
                            segment_seconds, batch_seconds, cfg.encoder.receptive_field)  # fmt: skip
@@ -172,7 +202,7 @@ def translate(
             yield done.item, Translation(path, text, segments, tokens, done.seconds, lang, net.source)
         bar.close()
 
-    return run_inputs(audio, process, Translation, net.source, output_dir, format, skip_existing, render)
+    return process
 
 
 def print_translations(results: list[Translation], format: str, stream=None) -> None:

@@ -154,13 +154,22 @@ def convert(
     spm_path: str | Path | None = None,
     encoder_only: bool = False,
 ) -> Converted:
-    """Any model xlsr reads -> a Hugging Face model directory at `dst` (written atomically).
+    """Any model xlsr reads -> a Hugging Face model directory at `dst` (written atomically), or, when `dst`
+    ends in .pt, an xlsr checkpoint (every family and head, exactly: see `native.py`).
 
     encoder_only: write transformers' Wav2Vec2Model, dropping the head. A fairseq pretraining model without a
     quantizer (`quantize_targets=False`) cannot be a transformers Wav2Vec2ForPreTraining: its encoder is
     written, and `left_out` says so.
     """
     model = load_model(src, dict_path=dict_path, spm_path=spm_path)
+    if Path(dst).suffix == ".pt" and not encoder_only:  # xlsr's own checkpoint: every family, exactly
+        from .io import atomic_torch_save
+        from .native import checkpoint_dict
+
+        if Path(dst).is_dir():
+            raise CheckpointError(f"{dst}: is a directory; an xlsr checkpoint is one file")
+        atomic_torch_save(checkpoint_dict(model), dst)
+        return Converted(model, None)
     _check_destination(Path(dst))
     left_out = None
     if isinstance(model, Wav2Vec2Model) and model.cfg.head == "pretraining" and not model.cfg.quantize_targets:
@@ -168,6 +177,13 @@ def convert(
         left_out = (
             "the contrastive projection (no quantizer: fairseq quantize_targets=False, which transformers' "
             "Wav2Vec2ForPreTraining cannot hold); wrote the encoder (Wav2Vec2Model)"
+        )
+    cfg = getattr(model, "cfg", None)
+    if not encoder_only and getattr(cfg, "classifier_activation", "linear") != "linear":
+        raise CheckpointError(
+            f"{src}: its classifier applies {cfg.classifier_activation} after pooling (fairseq MeanPoolingFast), "
+            "which transformers' Wav2Vec2ForSequenceClassification cannot represent; an xlsr checkpoint keeps it "
+            "exactly (a destination ending in .pt)"
         )
     if encoder_only and not isinstance(model, Wav2Vec2Model):
         raise CheckpointError(f"{src}: --encoder-only applies to wav2vec2 models, not {family_of(model).name}")

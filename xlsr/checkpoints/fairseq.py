@@ -1,4 +1,5 @@
-"""Original fairseq checkpoints: self-supervised `wav2vec2` and fine-tuned `wav2vec_ctc`.
+"""Original fairseq checkpoints: self-supervised `wav2vec2`, fine-tuned `wav2vec_ctc` and
+`wav2vec_classification` (the `audio_classification` task: the XLS-R release's language-ID model).
 
 Both the old style (an `args` argparse.Namespace) and the new style (a `cfg` dict, as fairseq's
 hydra trainer saves it) are read, through the safe loader in `io.py`: nothing in the file runs.
@@ -13,11 +14,11 @@ import ast
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, Preprocessing
+from ..config import CLASSIFIER_ACTIVATIONS, ModelConfig, Preprocessing
 from ..errors import CheckpointError
 from ..models import Wav2Vec2Model
 from ..text.ctc_tokenizer import CTCTokenizer
-from .io import safe_torch_load
+from .io import FairseqDictionary, safe_torch_load
 from .keys import KeyMap
 
 CTC_PREFIX = "w2v_encoder.w2v_model."
@@ -76,10 +77,21 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# wav2vec_classification's head, fairseq `MeanPoolingFast`: linear -> masked mean -> activation -> projection
+HEAD_KEYS = {
+    "w2v_encoder.proj.weight": "head.proj.weight",  # wav2vec_ctc
+    "w2v_encoder.proj.bias": "head.proj.bias",
+    "pooling_layer.linear.weight": "head.projector.weight",
+    "pooling_layer.linear.bias": "head.projector.bias",
+    "pooling_layer.projection.weight": "head.classifier.weight",
+    "pooling_layer.projection.bias": "head.classifier.bias",
+}
+
+
 def map_key(key: str) -> str:
-    """A fairseq weight name (a `wav2vec2` model's, or a `wav2vec_ctc` model's) -> the xlsr name."""
-    if key == "w2v_encoder.proj.weight" or key == "w2v_encoder.proj.bias":
-        return "head.proj." + key.rsplit(".", 1)[1]
+    """A fairseq weight name (a `wav2vec2`, `wav2vec_ctc` or `wav2vec_classification` model's) -> the xlsr name."""
+    if key in HEAD_KEYS:
+        return HEAD_KEYS[key]
     bare = key[len(CTC_PREFIX) :] if key.startswith(CTC_PREFIX) else key
     mapped = KEYS.to_xlsr(bare)
     if mapped is None:
@@ -116,11 +128,42 @@ def model_options(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] 
         return (_as_dict(w2v["model"]) if "model" in w2v else w2v), model, task
     if name.startswith("wav2vec2") or "conv_feature_layers" in model:
         return model, None, task
-    raise CheckpointError(f"fairseq model {name!r} is not supported; xlsr reads wav2vec2 and wav2vec_ctc")
+    raise CheckpointError(
+        f"fairseq model {name!r} is not supported; xlsr reads wav2vec2, wav2vec_ctc and wav2vec_classification"
+    )
 
 
-def parse_config(pretrain: dict[str, Any], finetune: dict[str, Any] | None = None, vocab_size: int = 0) -> ModelConfig:
-    """fairseq model options (and, for wav2vec_ctc, its fine-tuning options) -> ModelConfig."""
+def is_classification(finetune: dict[str, Any] | None) -> bool:
+    return finetune is not None and str(finetune.get("_name") or finetune.get("arch", "")).startswith(
+        "wav2vec_classification"
+    )
+
+
+def classifier_options(finetune: dict[str, Any], encoder_dim: int) -> dict[str, Any]:
+    """wav2vec_classification's head options -> ModelConfig fields. fairseq builds only `pooling="mean"`
+    (`get_pooling_layer` asserts it); `latent_embed_dim` None means the encoder width."""
+    pooling = finetune.get("pooling", "mean")
+    if pooling != "mean":
+        raise CheckpointError(f"pooling={pooling!r} is not supported (fairseq itself builds only 'mean')")
+    activation = finetune.get("activation_fn") or "gelu"
+    if activation not in CLASSIFIER_ACTIVATIONS:
+        raise CheckpointError(
+            f"head activation_fn={activation!r} is not supported ({', '.join(CLASSIFIER_ACTIVATIONS)})"
+        )
+    return {
+        "classifier_proj_size": finetune.get("latent_embed_dim") or encoder_dim,
+        "classifier_activation": activation,
+    }
+
+
+def parse_config(
+    pretrain: dict[str, Any],
+    finetune: dict[str, Any] | None = None,
+    vocab_size: int = 0,
+    labels: tuple[str, ...] = (),
+) -> ModelConfig:
+    """fairseq model options (and, for wav2vec_ctc / wav2vec_classification, the fine-tuning options) ->
+    ModelConfig. `labels`: a classifier's class names, in class-index order."""
     o = {**DEFAULTS, **{k: v for k, v in pretrain.items() if v is not None}}
     unsupported = {
         "layer_type": ("transformer", None),
@@ -142,9 +185,13 @@ def parse_config(pretrain: dict[str, Any], finetune: dict[str, Any] | None = Non
     final_dim = o["final_dim"] or o["encoder_embed_dim"]
     dropouts = {k: o[k] for k in ("dropout", "attention_dropout", "activation_dropout", "dropout_input")}
     layerdrop, final_dropout = o["encoder_layerdrop"], 0.0
-    if finetune is not None:  # wav2vec_ctc overrides the pretraining regularisation
+    head, extra = "pretraining", {}
+    if finetune is not None:  # fine-tuning overrides the pretraining regularisation
         dropouts = {k: finetune.get(k, v) for k, v in dropouts.items()}
         layerdrop, final_dropout = finetune.get("layerdrop", layerdrop), finetune.get("final_dropout", 0.0)
+        head = "ctc"
+        if is_classification(finetune):
+            head, extra = "classification", {"labels": labels, **classifier_options(finetune, o["encoder_embed_dim"])}
     return ModelConfig(
         conv_feature_layers=tuple(tuple(int(v) for v in c) for c in layers),
         extractor_mode="layer_norm" if o["extractor_mode"] == "layer_norm" else "group_norm",
@@ -166,10 +213,38 @@ def parse_config(pretrain: dict[str, Any], finetune: dict[str, Any] | None = Non
         latent_dim=0 if o["latent_dim"] == final_dim else o["latent_dim"],
         final_dim=final_dim,
         logit_temp=o["logit_temp"],
-        head="pretraining" if finetune is None else "ctc",
+        head=head,
         vocab_size=vocab_size,
         **dropouts,
+        **extra,
     )
+
+
+def classifier_labels(
+    path: Path, ckpt: dict[str, Any], task: dict[str, Any], dict_path: str | Path | None
+) -> tuple[str, ...]:
+    """A wav2vec_classification model's class names, index = class id: `dict_path` when given, else the label
+    Dictionary fairseq's trainer pickled into `task_state` (read as data, see io.FairseqDictionary), else
+    `dict.<labels>.txt` beside the checkpoint. Label dictionaries have no special symbols
+    (`Dictionary.load(..., add_special_symbols=False)`): line N is class N."""
+    if dict_path is None:
+        pickled = (ckpt.get("task_state") or {}).get("target_dictionary")
+        if isinstance(pickled, FairseqDictionary) and pickled.symbols:
+            return tuple(pickled.symbols)
+    dict_path = Path(dict_path) if dict_path else path.parent / f"dict.{task.get('labels') or 'label'}.txt"
+    if not dict_path.exists():
+        raise CheckpointError(
+            f"{path}: a wav2vec_classification checkpoint needs its label dictionary; {dict_path} does not exist "
+            "(pass --dict PATH)"
+        )
+    try:
+        lines = dict_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{dict_path}: cannot read the label dictionary ({e})") from None
+    labels = tuple(line.split()[0] for line in lines if line.strip())
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise CheckpointError(f"{dict_path}: expected at least two distinct labels, one '<label> <count>' per line")
+    return labels
 
 
 def parse_conv_layers(text: str) -> list[tuple[int, int, int]]:
@@ -194,8 +269,16 @@ def load_fairseq(
         raise CheckpointError(f"{path}: no `model` weights: not a fairseq checkpoint")
     pretrain, finetune, task = model_options(ckpt)
     weights = {k: v for k, v in ckpt["model"].items() if not k.endswith(IGNORED_SUFFIXES)}
-    tokenizer = None
-    if finetune is not None:
+    tokenizer, labels = None, ()
+    if is_classification(finetune):
+        labels = classifier_labels(path, ckpt, task, dict_path)
+        classes = weights.get("pooling_layer.projection.weight")
+        if classes is not None and classes.shape[0] != len(labels):
+            raise CheckpointError(
+                f"{path}: {len(labels)} labels, but the classifier has {classes.shape[0]} outputs: wrong label "
+                "dictionary for this checkpoint"
+            )
+    elif finetune is not None:
         dict_path = Path(dict_path) if dict_path else path.parent / f"dict.{task.get('labels') or 'ltr'}.txt"
         if not dict_path.exists():
             raise CheckpointError(
@@ -210,7 +293,7 @@ def load_fairseq(
                 f"{vocab_size}: wrong dictionary for this checkpoint"
             )
     try:
-        cfg = parse_config(pretrain, finetune, len(tokenizer) if tokenizer else 0)
+        cfg = parse_config(pretrain, finetune, len(tokenizer) if tokenizer else 0, labels)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     try:

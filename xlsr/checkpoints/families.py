@@ -84,6 +84,9 @@ def _wav2vec2_describe(net: Wav2Vec2Model) -> dict[str, Any]:
     head = heads.get(cfg.head, cfg.head)
     if cfg.head == "pretraining" and not cfg.quantize_targets:
         head = "pretraining (contrastive projections, unquantized targets)"
+    if cfg.head == "classification":
+        act = "" if cfg.classifier_activation == "linear" else f", {cfg.classifier_activation}"
+        head = f"classification (projection {cfg.classifier_proj_size}, mean over frames{act})"
     encoder = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("head."))
     out = {
         "family": "wav2vec2",

@@ -48,6 +48,23 @@ class _InertDict(dict):
         self.state = state
 
 
+class FairseqDictionary:
+    """Stands in for fairseq's `Dictionary` (pickled whole in an audio_classification checkpoint's
+    `task_state`): its state is kept as data, and `symbols` (the label order) read from it; none of
+    fairseq's code runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.state: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state if isinstance(state, dict) else {}
+
+    @property
+    def symbols(self) -> list[str]:
+        symbols = self.state.get("symbols")
+        return [str(s) for s in symbols] if isinstance(symbols, list) else []
+
+
 _FAIRSEQ_METERS = ("AverageMeter", "SumMeter", "ConcatTensorMeter", "TimeMeter", "StopwatchMeter", "Meter")
 
 from numpy._core.multiarray import scalar as _np_scalar  # noqa: E402  (numpy >= 2)
@@ -60,6 +77,7 @@ SAFE_GLOBALS: list[Any] = [
     *[type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "bool")],
     *[(_InertObject, f"fairseq.logging.meters.{name}") for name in _FAIRSEQ_METERS],
     (_InertDict, "fairseq.logging.meters.MetersDict"),
+    (FairseqDictionary, "fairseq.data.dictionary.Dictionary"),
 ]
 
 

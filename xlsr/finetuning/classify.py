@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_model, save_hf_dir
 from ..data.dataset import AudioDataset, BatchSampler, crop_and_pad, dropped_counts, evaluation_sampler
-from ..data.manifest import read_manifest
+from ..data.manifest import Columns
 from ..errors import DataError
 from ..models import Wav2Vec2Model
 from ..training.config import Scheduler, build_config
@@ -59,9 +59,12 @@ class ClassificationTask(FinetuneTask):
         super().__init__(cfg, train, valid, init)
         self.labels: tuple[str, ...] = ()
 
+    def columns(self) -> Columns:
+        return Columns(audio=self.cfg.audio_column, label=self.cfg.label_column)
+
     def build_model(self) -> Wav2Vec2Model:
         cfg: ClassifyConfig = self.cfg
-        values = [u.get(cfg.label_column) for u in read_manifest(self.train_manifest)]
+        values = [u.get(cfg.label_column) for u in self.utterances("train")]
         if all(v is None for v in values):
             raise DataError(f"{self.train_manifest}: no '{cfg.label_column}' column (set --label-column)")
         self.labels = tuple(sorted({v for v in values if v}))
@@ -78,7 +81,7 @@ class ClassificationTask(FinetuneTask):
 
     def _dataset(self, manifest, model: Wav2Vec2Model, training: bool) -> AudioDataset:
         cfg: ClassifyConfig = self.cfg
-        ds = AudioDataset(read_manifest(manifest), model.preprocessing, cfg.min_sample_size)
+        ds = AudioDataset(self.utterances("train" if training else "valid"), model.preprocessing, cfg.min_sample_size)
         ds.training = training
         keep = np.array([u.get(cfg.label_column) in self.index for u in ds.utterances], dtype=bool)
         reason = f"no {cfg.label_column}, or one the training manifest does not have"
@@ -146,8 +149,10 @@ def finetune_classify(
     config: str | Path | None = None,
     set: list[str] = (),  # noqa: A002 (the CLI's --set)
     quiet: bool = False,
+    audio_column: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes `init` to classify utterances by `label_column`; the best model by validation accuracy is
-    written to `out/best/` (a Hugging Face Wav2Vec2ForSequenceClassification directory)."""
-    cfg = build_config(ClassifyConfig, config, set, label_column=label_column)
+    written to `out/best/` (a Hugging Face Wav2Vec2ForSequenceClassification directory). `train` and `valid`
+    are data sources of `data/sources.py`; `audio_column` names their audio column."""
+    cfg = build_config(ClassifyConfig, config, set, label_column=label_column, audio_column=audio_column)
     return Trainer(ClassificationTask(cfg, train, valid, init), out, quiet).run()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_model, save_hf_dir
 from ..data.dataset import AudioDataset, BatchSampler, evaluation_sampler
-from ..data.manifest import read_manifest
+from ..data.manifest import Columns
 from ..errors import ConfigError, DataError
 from ..models import Wav2Vec2Model
 from ..text.ctc_tokenizer import CTCTokenizer
@@ -50,6 +50,7 @@ class CTCConfig(FinetuneConfig):
     blank_warning_updates: int = 2000  # warn when the output has been blanks only for this many updates
     best_checkpoint_metric: Literal["wer", "cer", "loss"] = "wer"  # fairseq's name: the figure that picks DIR/best
     new_vocab: bool = False  # a vocabulary from the training transcripts (and a new head) even if --init is CTC
+    text_column: str | None = None  # the transcripts' column (default: text, else sentence or transcription)
 
     def normalization(self) -> TextNormalization:
         return TextNormalization(lowercase=self.lowercase, remove_punctuation=self.remove_punctuation)
@@ -92,6 +93,9 @@ class CTCTask(FinetuneTask):
         self.blank_since: int | None = None
         self.blank_warned = False
 
+    def columns(self) -> Columns:
+        return Columns(audio=self.cfg.audio_column, text=self.cfg.text_column, need_text=True)
+
     def text(self, u) -> str:
         return normalize_text(u.text or "", self.norm)
 
@@ -106,7 +110,7 @@ class CTCTask(FinetuneTask):
             log.info("%s is a CTC model: its vocabulary and head are fine-tuned further (new_vocab=true for a new "
                      "vocabulary from the training transcripts)", self.init)  # fmt: skip
         else:
-            texts = [self.text(u) for u in read_manifest(self.train_manifest) if u.text]
+            texts = [self.text(u) for u in self.utterances("train") if u.text]
             if not texts:
                 raise DataError(f"{self.train_manifest}: no transcripts (a 'text' column is needed)")
             self.tokenizer = build_vocab(texts)
@@ -117,7 +121,7 @@ class CTCTask(FinetuneTask):
 
     def _dataset(self, manifest, model: Wav2Vec2Model, training: bool) -> AudioDataset:
         cfg: CTCConfig = self.cfg
-        ds = AudioDataset(read_manifest(manifest), model.preprocessing, cfg.min_sample_size)
+        ds = AudioDataset(self.utterances("train" if training else "valid"), model.preprocessing, cfg.min_sample_size)
         ds.training = training
         counts = {"no text": 0, "longer than max_sample_size": 0, "label longer than the frames": 0}
         frames = model.cfg.num_frames(torch.from_numpy(ds.sizes))
@@ -292,9 +296,13 @@ def finetune_ctc(
     vocab: str | Path | None = None,
     set: list[str] = (),  # noqa: A002 (the CLI's --set)
     quiet: bool = False,
+    text_column: str | None = None,
+    audio_column: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes `init` with a CTC head on the transcribed audio of `train`; the best model by validation
-    WER is written to `out/best/` (a Hugging Face directory)."""
-    cfg = build_config(CTCConfig, config, set)
+    WER is written to `out/best/` (a Hugging Face directory). `train` and `valid` are data sources of
+    `data/sources.py` (a Common Voice folder gives its train.tsv and dev.tsv); `text_column` and `audio_column`
+    name their columns (config keys of the same names)."""
+    cfg = build_config(CTCConfig, config, set, text_column=text_column, audio_column=audio_column)
     task = CTCTask(cfg, train, valid, init, vocab)
     return Trainer(task, out, quiet).run()

@@ -44,9 +44,14 @@ class CTCHead(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """transformers `Wav2Vec2ForSequenceClassification`: optional learned weighted sum of the hidden
-    states (`use_weighted_layer_sum`), projection (`projector`, `classifier_proj_size`), mean over the
-    valid frames (padding excluded), classifier."""
+    """An utterance classifier: optional learned weighted sum of the hidden states
+    (`use_weighted_layer_sum`), projection, mean over the valid frames (padding excluded), activation,
+    classifier: `logits = classifier(act(mean_t(projector(x_t))))`.
+
+    transformers `Wav2Vec2ForSequenceClassification` (`projector`, `classifier`, no activation:
+    classifier_activation "linear") and fairseq `wav2vec_classification`'s `MeanPoolingFast` (`linear`,
+    `projection`, activation_fn "gelu" by default) are both this module.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -54,16 +59,20 @@ class ClassificationHead(nn.Module):
         self.layer_weights = nn.Parameter(torch.ones(n) / n) if cfg.use_weighted_layer_sum else None
         self.projector = nn.Linear(cfg.encoder_embed_dim, cfg.classifier_proj_size)
         self.classifier = nn.Linear(cfg.classifier_proj_size, len(cfg.labels))
+        self.activation = nn.GELU() if cfg.classifier_activation == "gelu" else nn.Identity()
 
-    def forward(self, x: Tensor, hidden_states: list[Tensor], padding_mask: Tensor | None) -> Tensor:
-        """x: (B, T, D) encoder output; padding_mask: (B, T) True = padded -> logits (B, num_labels)."""
+    def pool(self, x: Tensor, hidden_states: list[Tensor], padding_mask: Tensor | None) -> Tensor:
+        """The utterance embedding, before the activation (fairseq `MeanPoolingFast.forward_latent`):
+        x: (B, T, D) encoder output; padding_mask: (B, T) True = padded -> (B, P)."""
         if self.layer_weights is not None:
             weights = self.layer_weights.softmax(-1)
             x = (torch.stack(hidden_states, dim=1) * weights[None, :, None, None]).sum(dim=1)
         x = self.projector(x)  # (B, T, P)
         if padding_mask is None:
-            pooled = x.mean(dim=1)
-        else:
-            valid = (~padding_mask).to(x.dtype)[..., None]  # (B, T, 1)
-            pooled = (x * valid).sum(dim=1) / valid.sum(dim=1)
-        return self.classifier(pooled)
+            return x.mean(dim=1)
+        valid = (~padding_mask).to(x.dtype)[..., None]  # (B, T, 1)
+        return (x * valid).sum(dim=1) / valid.sum(dim=1)
+
+    def forward(self, x: Tensor, hidden_states: list[Tensor], padding_mask: Tensor | None) -> Tensor:
+        """x: (B, T, D) encoder output; padding_mask: (B, T) True = padded -> logits (B, num_labels)."""
+        return self.classifier(self.activation(self.pool(x, hidden_states, padding_mask)))

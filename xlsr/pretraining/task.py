@@ -11,7 +11,6 @@ import torch
 from ..checkpoints import load_model
 from ..config import preset as get_preset
 from ..data.dataset import AudioDataset, BatchSampler, crop_and_pad, dropped_counts, evaluation_sampler
-from ..data.manifest import read_manifest
 from ..models import Wav2Vec2Model
 from ..training.config import TrainConfig, build_config
 from ..training.distributed import World
@@ -73,7 +72,7 @@ class PretrainTask(Task):
         cfg: PretrainConfig = self.cfg
         self.model_cfg, pre = model.cfg, model.preprocessing
         self.sample_rate = pre.sample_rate
-        train = AudioDataset(read_manifest(self.train_manifest), pre, cfg.min_sample_size)
+        train = AudioDataset(self.utterances("train"), pre, cfg.min_sample_size)
         self.dropped["train"] = dropped_counts(train)
         sampler = BatchSampler(
             train.sizes,
@@ -88,7 +87,7 @@ class PretrainTask(Task):
         )
         valid = valid_sampler = None
         if self.valid_manifest:
-            valid = AudioDataset(read_manifest(self.valid_manifest), pre, cfg.min_sample_size)
+            valid = AudioDataset(self.utterances("valid"), pre, cfg.min_sample_size)
             self.dropped["valid"] = dropped_counts(valid)
             valid_sampler = evaluation_sampler(valid.sizes, cfg.max_tokens, cfg.max_sample_size, world.rank, world.size)
         return train, sampler, valid, valid_sampler
@@ -184,8 +183,10 @@ def pretrain(
     init: str | None = None,
     set: list[str] = (),  # noqa: A002 (the CLI's --set)
     quiet: bool = False,
+    audio_column: str | None = None,
 ) -> dict[str, Any]:
-    """Pretrains (or continues pretraining) a model on the audio of `train`; writes checkpoints to `out`."""
-    cfg = build_config(PretrainConfig, config, set, preset=preset)
+    """Pretrains (or continues pretraining) a model on the audio of `train`; writes checkpoints to `out`.
+    `train` and `valid` are data sources of `data/sources.py`; `audio_column` names their audio column."""
+    cfg = build_config(PretrainConfig, config, set, preset=preset, audio_column=audio_column)
     task = PretrainTask(cfg, train, valid, init)
     return Trainer(task, out, quiet).run()

@@ -37,6 +37,7 @@ class TrainConfig:
     min_sample_size: int = 16_000  # utterances shorter than this are dropped, with a count in the log
     pad: bool = False  # fairseq enable_padding: False crops a batch to its shortest utterance (no padding)
     num_workers: int = 2  # data loading processes
+    audio_column: str | None = None  # the data's audio column (default: path in a TSV; audio in a HF dataset)
     # optimisation (fairseq optimization / optimizer / lr_scheduler options)
     max_update: int = 400_000  # updates to train for (an update: update_freq micro-batches)
     lr: float = 5e-4  # peak learning rate

@@ -35,6 +35,8 @@ from torch import Tensor
 from ..checkpoints import checkpoint_dict
 from ..checkpoints.io import atomic_write_text
 from ..data.dataset import ReadableOnly
+from ..data.manifest import Columns, Utterance
+from ..data.sources import log_bad_rows, read_source
 from ..errors import ConfigError, XlsrError
 from ..runtime import progress
 from . import state as ckpt
@@ -63,6 +65,23 @@ class Task:
     def __init__(self, cfg: TrainConfig, train: str | Path, valid: str | Path | None):
         self.cfg, self.train_manifest, self.valid_manifest = cfg, train, valid
         self.dropped: dict[str, dict[str, int]] = {}  # split -> reason -> utterances left out (for the log)
+        self.bad_rows: dict[str, int] = {}  # split -> rows of the data source left out, each named in the log
+        self._utterances: dict[str, list[Utterance]] = {}
+
+    def columns(self) -> Columns:
+        """The data's columns the task reads, and what a row needs (CTC: text; classification: a label)."""
+        return Columns(audio=self.cfg.audio_column)
+
+    def utterances(self, split: str) -> list[Utterance]:
+        """The utterances of the `train` or `valid` data source (`data/sources.py`), read once: a bad row is
+        named in the log, left out and counted."""
+        if split not in self._utterances:
+            rows = read_source(self.train_manifest if split == "train" else self.valid_manifest, self.columns(), split)
+            log_bad_rows(rows, log, split)
+            self.bad_rows[split] = len(rows.bad)
+            self._utterances[split] = rows.utterances
+            log.info("%s: %s, %d utterances", split, rows.origin, len(rows.utterances))
+        return self._utterances[split]
 
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -99,6 +118,8 @@ class Task:
             for reason, n in self.dropped.get(name, {}).items():
                 if n:
                     log.warning("%s: %d utterances dropped: %s", name, n, reason)
+            if self.bad_rows.get(name):
+                log.warning("%s: %d bad rows skipped (each named above)", name, self.bad_rows[name])
             if not len(ds):
                 raise ConfigError(f"the {name} manifest has no usable utterance")
 
