@@ -24,6 +24,8 @@ from conftest import needs_tool
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "recipes" / "results" / "reference_model.md"
 CER, WER, LID = "CER %", "WER %", "language ID accuracy %"
+SID_RESULTS = ROOT / "recipes" / "results" / "speaker_id.md"
+SID = "accuracy %"
 
 
 def _number(cell: str) -> float | str:
@@ -118,6 +120,24 @@ def test_the_bundled_figures_pass_the_recipe_checks():
         check_reference_figures(worse, text)
 
 
+def check_speaker_figures(out: str, shipped: str) -> None:
+    """The claims on recipes/speaker_id.py's output: far above chance (1 in 8), and within noise of the table
+    it shipped (60 test clips: one clip is 1.7 points)."""
+    got = markdown_table(out, "speaker", SID)
+    assert got["all"][SID] > 4 * 100 / 8 and len(got) == 9
+    assert abs(got["all"][SID] - markdown_table(shipped, "speaker", SID)["all"][SID]) < 10
+
+
+def test_the_readme_shows_the_speaker_id_table_and_it_passes_its_checks():
+    readme = markdown_table((ROOT / "README.md").read_text(), "speaker", SID)
+    assert readme == markdown_table(SID_RESULTS.read_text(), "speaker", SID)
+    check_speaker_figures(SID_RESULTS.read_text(), SID_RESULTS.read_text())
+    with pytest.raises(AssertionError):
+        check_speaker_figures(
+            SID_RESULTS.read_text().replace("| all | 60 | ", "| all | 60 | 1"), SID_RESULTS.read_text()
+        )
+
+
 def test_the_pretrained_vs_random_output_is_read_by_its_column_names():
     """The figures of README's table, printed the way recipes/ctc_pretrained_vs_random.py prints them."""
     readme = markdown_table((ROOT / "README.md").read_text(), CER, WER, first="start")
@@ -205,3 +225,13 @@ def test_a_pretrained_start_beats_a_random_one(reference):
                          capture_output=True, text=True, timeout=45 * 60)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     check_pretrained_beats_random(run.stdout)
+
+
+@pytest.mark.slow
+@needs_tool("espeak-ng")
+@pytest.mark.timeout(20 * 60)
+def test_the_speaker_id_recipe_reproduces_its_figures(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "speaker_id.py"), "--work", str(tmp_path)],
+                         capture_output=True, text=True, timeout=18 * 60)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    check_speaker_figures(run.stdout, SID_RESULTS.read_text())
