@@ -30,6 +30,7 @@ FUNCTIONS = {
     "pretrain": xlsr.pretrain,
     "finetune ctc": xlsr.finetune_ctc,
     "finetune classify": xlsr.finetune_classify,
+    "finetune st": xlsr.finetune_st,
     "serve": xlsr.serve,
 }
 CLI_ONLY = {
@@ -74,7 +75,7 @@ def test_public_functions_stay_callable_after_their_modules_are_imported():
         "for name in ('transcribe', 'evaluate', 'synth', 'identify', 'features', 'translate'):\n"
         "    importlib.import_module('xlsr.' + name)\n"
         "    assert callable(getattr(xlsr, name)), name\n"
-        "for name in ('pretrain', 'finetune_ctc', 'finetune_classify'):\n"
+        "for name in ('pretrain', 'finetune_ctc', 'finetune_classify', 'finetune_st'):\n"
         "    assert callable(getattr(xlsr, name)) and callable(getattr(xlsr, name)), name\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

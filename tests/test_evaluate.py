@@ -59,3 +59,48 @@ def test_manifest_without_text_is_a_clear_error(tmp_path):
     (tmp_path / "m.tsv").write_text("path\na.wav\n")
     with pytest.raises(DataError, match="needs a 'text' column"):
         evaluate(local_ctc_model(), tmp_path / "m.tsv", quiet=True)
+
+
+def test_a_translation_model_gets_sacrebleus_bleu_and_chrf_per_language_pair(st_fixtures, tmp_path, capsys):
+    """The fairseq fixture (tests/fixtures/fairseq_st): each row translated into its tgt_lang as `xlsr translate`
+    does it, scored with sacrebleu 2.6's corpus_bleu / corpus_chrf, overall and per pair."""
+    import numpy as np
+    import sacrebleu
+
+    from xlsr.cli import main
+    from xlsr.errors import ConfigError
+    from xlsr.translate import translate
+
+    rows = [("a", "fr", "en", "the right to life"), ("b", "fr", "de", "das Recht auf Leben"),
+            ("c", "es", "en", "everyone has the right")]  # fmt: skip
+    for name, *_ in rows:
+        sf.write(tmp_path / f"{name}.wav", np.load(st_fixtures / f"wave_{name}.npy"), 16000, subtype="FLOAT")
+    lines = ["path\tlang\ttranslation\ttgt_lang", *(f"{n}.wav\t{s}\t{r}\t{t}" for n, s, t, r in rows)]
+    (tmp_path / "m.tsv").write_text("\n".join([*lines, "d.wav\tfr\t\ten"]) + "\n")  # d: no audio, empty reference
+    report = evaluate(st_fixtures / "st.pt", tmp_path / "m.tsv", output_dir=tmp_path / "out", max_len_b=10,
+                      beam_size=2, quiet=True)  # fmt: skip
+    hyps = {n: translate(st_fixtures / "st.pt", [tmp_path / f"{n}.wav"], target_lang=t, max_len_b=10, beam_size=2,
+                         quiet=True)[0].text for n, _, t, _ in rows}  # fmt: skip
+    refs = {n: r for n, *_, r in rows}
+    for pair, names in (("fr-en", "a"), ("fr-de", "b"), ("es-en", "c")):
+        expected = sacrebleu.corpus_bleu([hyps[n] for n in names], [[refs[n] for n in names]]).score
+        assert report.per_pair[pair].bleu == pytest.approx(expected) and report.per_pair[pair].sentences == 1
+    names = ["a", "b", "c"]
+    assert report.overall.bleu == pytest.approx(sacrebleu.corpus_bleu([hyps[n] for n in names],
+                                                                       [[refs[n] for n in names]]).score)  # fmt: skip
+    assert report.overall.chrf == pytest.approx(sacrebleu.corpus_chrf([hyps[n] for n in names],
+                                                                       [[refs[n] for n in names]]).score)  # fmt: skip
+    assert len(report.failed) == 1 and "d.wav" in report.failed[0]["path"]
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["overall"]["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert [u["hypothesis"] for u in saved["utterances"]] == [hyps[n] for n in names]
+    assert main(["evaluate", str(st_fixtures / "st.pt"), str(tmp_path / "m.tsv"), "--max-len-b", "5", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "fr-de" in out and "BLEU: sacrebleu nrefs:1" in out and "chrF: sacrebleu" in out
+    with pytest.raises(ConfigError, match="--lm: not an option for a translation model .*; it applies to CTC models"):
+        evaluate(st_fixtures / "st.pt", tmp_path / "m.tsv", lm="x.arpa")
+    with pytest.raises(ConfigError, match="--max-len-b: not an option for a CTC model .*translation models"):
+        evaluate(None, tmp_path / "m.tsv", max_len_b=5)
+    (tmp_path / "n.tsv").write_text("path\tlang\na.wav\tfr\n")
+    with pytest.raises(DataError, match="n.tsv: no 'translation' column"):
+        evaluate(st_fixtures / "st.pt", tmp_path / "n.tsv", quiet=True)

@@ -70,7 +70,7 @@ def test_config_from_yaml_set_and_layout_defaults(corpus, tmp_path):
     with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, fp16, got 'fp8'"):
         build_config(PretrainConfig, None, ["precision=fp8"])  # a closed set, checked before anything runs
     (tmp_path / "bad.yaml").write_text("lr_scheduler: cosine\n")
-    with pytest.raises(ConfigError, match="lr_scheduler must be one of polynomial_decay, tri_stage, fixed"):
+    with pytest.raises(ConfigError, match="lr_scheduler must be one of polynomial_decay, tri_stage, inverse_sqrt, fix"):
         build_config(PretrainConfig, tmp_path / "bad.yaml")
     pretrain(corpus / "train.tsv", tmp_path / "run", preset="tiny-base", set=[*TINY, "max_update=1"], quiet=True)
     resolved = (tmp_path / "run" / "config.yaml").read_text()

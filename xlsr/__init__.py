@@ -22,6 +22,7 @@ _LAZY = {
     "pretrain": ".pretraining.task",
     "finetune_ctc": ".finetuning.ctc",
     "finetune_classify": ".finetuning.classify",
+    "finetune_st": ".finetuning.st",
     "serve": ".server",  # the [serve] extra: imported only when called
 }
 

@@ -168,7 +168,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(model, manifest, output_dir=args.output_dir, json_path=args.json_path, plot=args.plot,
                       label_column=args.label_column, crops=args.crops, crop_seconds=args.crop_seconds, seed=args.seed,
                       text_column=args.text_column, audio_column=args.audio_column,
-                      **options(args, WINDOW_OPTIONS + CTC_OPTIONS + HARDWARE_OPTIONS + ("quiet",)))  # fmt: skip
+                      **options(args, WINDOW_OPTIONS + CTC_OPTIONS + HARDWARE_OPTIONS + ("quiet",)),
+                      **options(args, GENERATION_OPTIONS[1:] + ("target_lang", "segment_seconds")))  # fmt: skip
     print(report.table())
     for f in report.failed:
         print(f"xlsr: error: {f['path']}: {f['error']}", file=sys.stderr)
@@ -193,6 +194,16 @@ def cmd_finetune_ctc(args: argparse.Namespace) -> int:
                           set=args.set, quiet=args.quiet, text_column=args.text_column,
                           audio_column=args.audio_column)  # fmt: skip
     print(f"done: {result['update']} updates; best validation WER {_percent(result['best'])}; model in {args.out}/best")
+    return 0
+
+
+def cmd_finetune_st(args: argparse.Namespace) -> int:
+    from .finetuning.st import finetune_st
+
+    result = finetune_st(args.init, args.train, args.valid, args.out, decoder=args.decoder, config=args.config,
+                         set=args.set, quiet=args.quiet, audio_column=args.audio_column)  # fmt: skip
+    best = "n/a" if result["best"] is None else f"{result['best']:.2f}"
+    print(f"done: {result['update']} updates; best validation score {best}; model in {args.out}/best")
     return 0
 
 
@@ -415,8 +426,8 @@ def parse_translate(p: argparse.ArgumentParser) -> None:
 def parse_evaluate(p: argparse.ArgumentParser) -> None:
     add_model(p)
     p.add_argument("audio", nargs="+", metavar="MANIFEST",
-                   help=f"the test data, with a text (CTC) or label column: {DATA_HELP} (a folder holding splits: its "
-                   "test)")  # fmt: skip
+                   help=f"the test data, with a text (CTC), label or translation column: {DATA_HELP} (a folder "
+                   "holding splits: its test)")  # fmt: skip
     g = p.add_argument_group("outputs")
     g.add_argument(
         "--output-dir", metavar="DIR", help="also write the full report (every utterance) as DIR/report.json"
@@ -441,6 +452,18 @@ def parse_evaluate(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop-seconds", type=float, help="crop length for --crops (default 10)")
     g.add_argument("--seed", type=int, help="seed of the --crops draws (default 123, as fairseq's scripts)")
     g.add_argument("--plot", metavar="PNG", help="write the confusion matrix as a PNG image")
+    g = p.add_argument_group("speech-translation models (BLEU and chrF; decoding as xlsr translate, --beam-size "
+                             "default 5)")  # fmt: skip
+    g.add_argument("--target-lang", metavar="LANG", help="the target language of rows without a tgt_lang column "
+                   "(default: the model's own, else English)")  # fmt: skip
+    g.add_argument("--max-new-tokens", type=int, help="at most this many tokens after the language tag")
+    g.add_argument("--max-len-a", type=float, help="max length = a * encoder frames + b (default a=0)")
+    g.add_argument("--max-len-b", type=int, help="(default b=200)")
+    g.add_argument("--min-len", type=int, help="no </s> before this many tokens (default 1)")
+    g.add_argument("--length-penalty", type=float, help="score = log-prob / length ** this (default 1)")
+    g.add_argument("--no-repeat-ngram-size", type=int, help="forbid repeating n-grams of this size (default 0: off)")
+    g.add_argument("--segment-seconds", type=float, help="cut longer recordings at pauses into segments of at most "
+                   "this long (default 30)")  # fmt: skip
     add_hardware(p)
 
 
@@ -493,12 +516,13 @@ COMMANDS = {  # name: (parser builder, handler, one-line help, description)
     "evaluate": (
         parse_evaluate,
         cmd_evaluate,
-        "score a model on a manifest: WER/CER (CTC) or accuracy (classifier)",
+        "score a model on a manifest: WER/CER (CTC), accuracy (classifier) or BLEU/chrF (translation)",
         "CTC models: transcribe a manifest with a 'text' column and report word and character error rates "
         "(jiwer), overall and per language, after lower-casing and removing punctuation on both sides. "
         "Classification models: accuracy overall, per class and per duration (0-5 s, 5-20 s), and a "
-        "confusion matrix, against the manifest's --label-column. An option of the other kind of model is "
-        "refused.",
+        "confusion matrix, against the manifest's --label-column. Speech-translation models: BLEU and chrF "
+        "(sacrebleu, with its signature) overall and per language pair against a 'translation' column, each row "
+        "translated into its 'tgt_lang'. An option of another kind of model is refused.",
     ),
 }
 
@@ -536,6 +560,16 @@ def parse_finetune_classify(p: argparse.ArgumentParser) -> None:
     add_training_options(p, "classify", valid_required=True)
     p.add_argument("--init", required=True, help="the pretrained model: " + MODEL_HELP)
     p.add_argument("--label-column", help="the data's column with the labels (default lang; Common Voice: its locale)")
+
+
+def parse_finetune_st(p: argparse.ArgumentParser) -> None:
+    add_training_options(p, "st", valid_required=True)
+    p.add_argument("--init", required=True, help="an XLS-R encoder (a new adapter and decoder are added) or a whole "
+                   "speech-translation model (fine-tuned further): " + MODEL_HELP)  # fmt: skip
+    p.add_argument("--decoder", metavar="DEC", help="the decoder of a new model: a transformers mBART directory "
+                   "(MBartForConditionalGeneration, MBartForCausalLM; with its MBart50 sentencepiece tokenizer) or a "
+                   "speech-translation model (default: a new random decoder over a sentencepiece vocabulary trained "
+                   "on the training translations)")  # fmt: skip
 
 
 COMMANDS.update(
@@ -625,6 +659,19 @@ FINETUNE_TASKS = {
         "Validation accuracy every validate_interval_updates; the best model goes to OUT/best/ (a Hugging Face "
         "directory with id2label).",
     ),
+    "st": (
+        parse_finetune_st,
+        cmd_finetune_st,
+        "speech translation: XLS-R encoder + adapter + mBART-style decoder",
+        "Fine-tune a speech-translation model on data with a 'translation' column (and 'tgt_lang' for several "
+        "target languages) with fairseq's xm_transformer recipe as defaults: a 3-layer adapter, everything trained "
+        "(--set finetune_w2v_params=layer_norm,self_attn finetune_decoder_params=encoder_attn,layer_norm,self_attn "
+        "for LNA), label-smoothed cross-entropy, the target-language tag first, encoder masking and layer drop, "
+        "inverse_sqrt learning rate. --init is an XLS-R encoder or a whole speech-translation model; the decoder "
+        "comes from --decoder or is new. Validation BLEU and chrF (sacrebleu, beam search) every "
+        "validate_interval_updates; the best model goes to OUT/best/ (a transformers SpeechEncoderDecoderModel "
+        "directory: xlsr translate and transformers load it). DDP and FSDP with torchrun; re-run to resume.",
+    ),
 }
 
 
@@ -644,7 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (build, func, help, description) in COMMANDS.items():
         build(command(name, func, help, description))
 
-    finetune = command("finetune", None, "fine-tune a pretrained model: speech recognition (ctc) or classification")
+    finetune = command("finetune", None, "fine-tune a pretrained model: speech recognition (ctc), classification "
+                       "or speech translation (st)")  # fmt: skip
     tasks = finetune.add_subparsers(dest="task", metavar="TASK", required=True)
     for name, (build, func, help, description) in FINETUNE_TASKS.items():
         p = tasks.add_parser(name, help=help, description=description)

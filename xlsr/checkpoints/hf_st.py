@@ -110,9 +110,6 @@ def parse_st_config(hf: dict[str, Any]) -> SpeechTranslationConfig:
             f"adapter_kernel_size {enc['adapter_kernel_size']}: transformers' Wav2Vec2Adapter pads one frame, "
             "which xlsr (padding kernel // 2, as fairseq) matches for kernel 3 only"
         )
-    activation = dec.get("activation_function", "gelu")
-    if activation not in ACTIVATIONS:
-        raise CheckpointError(f"decoder activation_function {activation!r} is not supported ({', '.join(ACTIVATIONS)})")
     encoder = parse_config({**enc, "add_adapter": False, "architectures": ["Wav2Vec2Model"]})
     start = _decoder_value(hf, "decoder_start_token_id")
     try:
@@ -122,26 +119,78 @@ def parse_st_config(hf: dict[str, Any]) -> SpeechTranslationConfig:
             adaptor_kernel_size=3,
             adaptor_stride=enc.get("adapter_stride", 2),
             adaptor_proj_dim=out_width if adapter and out_width != width else 0,
-            decoder_layers=dec.get("decoder_layers", 12),
-            decoder_embed_dim=d_model,
-            decoder_ffn_embed_dim=dec.get("decoder_ffn_dim", 4096),
-            decoder_attention_heads=dec.get("decoder_attention_heads", 16),
-            vocab_size=dec.get("vocab_size", 50265),
-            max_target_positions=dec.get("max_position_embeddings", 1024),
-            activation_fn=activation,
-            scale_embedding=bool(dec.get("scale_embedding", False)),
-            layernorm_embedding=True,
-            decoder_dropout=dec.get("dropout", 0.1),
-            decoder_attention_dropout=dec.get("attention_dropout", 0.0),
-            decoder_activation_dropout=dec.get("activation_dropout", 0.0),
-            decoder_layerdrop=dec.get("decoder_layerdrop", 0.0),
-            pad_token_id=dec.get("pad_token_id", 1),
-            bos_token_id=dec.get("bos_token_id", 0),
-            eos_token_id=dec.get("eos_token_id", 2),
+            **mbart_decoder_fields(dec),
             decoder_start_token_id=2 if start is None else start,
         )
     except Exception as e:  # ConfigError: a combination xlsr cannot build
         raise CheckpointError(f"config.json: {e}") from None
+
+
+def mbart_decoder_fields(dec: dict[str, Any]) -> dict[str, Any]:
+    """An mBART config (a SpeechEncoderDecoderModel's `decoder`, or an mBART directory's config.json) -> the
+    SpeechTranslationConfig decoder fields, with transformers' defaults where a key is absent."""
+    activation = dec.get("activation_function", "gelu")
+    if activation not in ACTIVATIONS:
+        raise CheckpointError(f"decoder activation_function {activation!r} is not supported ({', '.join(ACTIVATIONS)})")
+    return dict(
+        decoder_layers=dec.get("decoder_layers", 12),
+        decoder_embed_dim=dec.get("d_model", 1024),
+        decoder_ffn_embed_dim=dec.get("decoder_ffn_dim", 4096),
+        decoder_attention_heads=dec.get("decoder_attention_heads", 16),
+        vocab_size=dec.get("vocab_size", 50265),
+        max_target_positions=dec.get("max_position_embeddings", 1024),
+        activation_fn=activation,
+        scale_embedding=bool(dec.get("scale_embedding", False)),
+        layernorm_embedding=True,
+        decoder_dropout=dec.get("dropout", 0.1),
+        decoder_attention_dropout=dec.get("attention_dropout", 0.0),
+        decoder_activation_dropout=dec.get("activation_dropout", 0.0),
+        decoder_layerdrop=dec.get("decoder_layerdrop", 0.0),
+        pad_token_id=dec.get("pad_token_id", 1),
+        bos_token_id=dec.get("bos_token_id", 0),
+        eos_token_id=dec.get("eos_token_id", 2),
+    )
+
+
+MBART_DECODER = "model.decoder."  # the decoder's prefix in MBartForConditionalGeneration and MBartForCausalLM
+MBART_EMBEDDINGS = ("model.shared.weight", "lm_head.weight")  # where a tied token embedding may be saved instead
+
+
+def load_mbart_decoder_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A transformers mBART directory (`MBartForConditionalGeneration`, mBART-50 itself, or `MBartForCausalLM`, a
+    decoder alone) -> (the SpeechTranslationConfig decoder fields, the decoder's weights under xlsr's names,
+    `decoder.*`). A ConditionalGeneration model's encoder is left out; its `final_logits_bias` must be zero
+    (xlsr's output projection has no bias; mBART-50's is zero). The vocabulary is the directory's
+    MBart50Tokenizer (`SentencePieceTokenizer.from_hf_dir`). CheckpointError (one line) for anything else."""
+    path = Path(path)
+    hf = _read_json(path / "config.json")
+    if hf.get("model_type") != "mbart":
+        raise CheckpointError(
+            f"{path}: model_type {hf.get('model_type')!r} is not an mBART decoder (MBartForConditionalGeneration or "
+            "MBartForCausalLM)"
+        )
+    fields = mbart_decoder_fields(hf)
+    state: dict[str, Tensor] = {}
+    tied: dict[str, Tensor] = {}
+    for key, value in _read_weights(path).items():
+        if key.startswith(MBART_DECODER):
+            state[map_key("decoder." + key)] = value  # decoder.model.decoder.* is the SpeechEncoderDecoder spelling
+        elif key in MBART_EMBEDDINGS:
+            tied[key] = value
+        elif key == "final_logits_bias":
+            if bool(value.abs().max() > 0):
+                raise CheckpointError(f"{path}: final_logits_bias is not zero; xlsr's output projection has no bias")
+        elif not key.startswith("model.encoder."):
+            raise CheckpointError(f"{path}: unknown weight {key!r}: not part of an mBART model xlsr knows")
+    embed = "decoder.embed_tokens.weight"
+    if embed not in state:
+        if not tied:
+            raise CheckpointError(f"{path}: no decoder token embeddings (model.decoder.embed_tokens, model.shared)")
+        state[embed] = next(iter(tied.values()))
+    for key, value in tied.items():
+        if not torch.equal(value, state[embed]):
+            raise CheckpointError(f"{path}: {key} differs from the decoder's token embeddings (xlsr ties them)")
+    return fields, state
 
 
 def read_generation(path: Path, hf: dict[str, Any], cfg: SpeechTranslationConfig) -> GenerationDefaults:

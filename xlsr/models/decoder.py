@@ -97,16 +97,20 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        memory: tuple[Tensor, Tensor],
+        memory: tuple[Tensor, Tensor] | Tensor,
         memory_mask: Tensor | None,
         self_mask: Tensor | None = None,
         is_causal: bool = False,
         cache: DecoderCache | None = None,
         index: int = 0,
     ) -> Tensor:
-        """x: (N, L, D); memory: this layer's cross-attention keys and values, each (B, H, T, D/H);
-        memory_mask: (B, 1, 1, T) True = may attend, or None; self_mask: (N or 1, 1, L, L_past + L) or None
-        (with is_causal: a plain causal mask); cache: past keys/values, updated in place for layer `index`."""
+        """x: (N, L, D); memory: this layer's cross-attention keys and values, each (B, H, T, D/H), or the encoder
+        output (B, T, D) they are computed from here (teacher forcing: inside the layer's own call, where FSDP has
+        gathered its weights); memory_mask: (B, 1, 1, T) True = may attend, or None; self_mask: (N or 1, 1, L,
+        L_past + L) or None (with is_causal: a plain causal mask); cache: past keys/values, updated in place for
+        layer `index`."""
+        if isinstance(memory, Tensor):
+            memory = self.encoder_attn.keys_values(memory)
         h = self.self_attn_layer_norm(x)
         q, (k, v) = self.self_attn.query(h), self.self_attn.keys_values(h)
         if cache is not None:
@@ -239,8 +243,8 @@ class TransformerDecoder(nn.Module):
             raise ValueError(f"{tokens.shape[0]} decoder rows are not a multiple of {B} utterances")
         start = 0 if cache is None else cache.length
         x = self.embed(tokens, start)
-        if cache is None:
-            memory, memory_mask = self.memory(encoder_out), _memory_mask(encoder_padding)
+        if cache is None:  # each layer computes its keys and values from encoder_out
+            memory, memory_mask = [encoder_out] * len(self.layers), _memory_mask(encoder_padding)
         else:
             memory, memory_mask = cache.memory, cache.memory_mask
         self_mask, is_causal = _self_mask(tokens.shape[1], start, target_padding, tokens.device)

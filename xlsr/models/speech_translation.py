@@ -61,7 +61,13 @@ class SpeechTranslationModel(nn.Module):
         nothing is padded) -> encoder_out (B, T', D) (padded frames exactly 0) and padding (B, T') bool,
         True = padded (None when nothing is)."""
         out = self.encoder.encode(waveforms, lengths)  # out.x: the final output, final layer norm included
-        x, frames = self.adapter(out.x, out.lengths)
+        return self.adapt(out.x, out.lengths)
+
+    def adapt(self, encoded: Tensor, frames: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The adapter over the encoder's output: encoded (B, T, D_enc), frames (B,) long valid frames or None
+        -> decoder memory (B, T', D) (padded frames exactly 0) and padding (B, T') bool, True = padded (None when
+        nothing is). Fine-tuning calls the encoder itself (masking, freezing), then this."""
+        x, frames = self.adapter(encoded, frames)
         if frames is None or not bool((frames < x.shape[1]).any()):
             return x, None
         return x, padding_mask(frames, x.shape[1])

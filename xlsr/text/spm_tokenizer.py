@@ -156,8 +156,12 @@ class SentencePieceTokenizer:
                 f"{path}: no {SPM_FILE}; xlsr reads the mBART-50 vocabulary from the sentencepiece model "
                 "(copy it from the original model directory)"
             )
-        spm_model = (path / SPM_FILE).read_bytes()
-        return cls(spm_model, _mbart50_tokens(_load_spm(spm_model, str(path / SPM_FILE))), source=str(path))
+        return cls.from_spm_model((path / SPM_FILE).read_bytes(), str(path))
+
+    @classmethod
+    def from_spm_model(cls, spm_model: bytes, source: str = "<memory>") -> SentencePieceTokenizer:
+        """A sentencepiece model's bytes -> the vocabulary MBart50Tokenizer builds on it (the mBART-50 layout)."""
+        return cls(spm_model, _mbart50_tokens(_load_spm(spm_model, source)), source=source)
 
     def hf_files(self) -> dict[str, str | bytes]:
         """File name -> content of a directory transformers' AutoTokenizer loads as MBart50Tokenizer with these
@@ -206,6 +210,30 @@ class SentencePieceTokenizer:
         symbols = read_fairseq_dict(dict_path)
         _load_spm(spm_model, str(spm_path))
         return cls(spm_model, [*SPECIALS, *symbols], source=str(dict_path))
+
+
+def train_sentencepiece(
+    texts: list[str], vocab_size: int, model_type: str = "unigram", source: str = "the training targets"
+) -> SentencePieceTokenizer:
+    """A new target vocabulary: a sentencepiece model trained on `texts` (as fairseq's speech_to_text data
+    preparation trains one: unigram, full character coverage), in mBART-50's layout (specials, its pieces, the
+    52 mBART-50 language codes, `<mask>`), so that the language tags work as in the published models and
+    transformers' MBart50Tokenizer reads it. `vocab_size` counts sentencepiece's pieces and is an upper bound
+    (a small corpus yields fewer). DataError, naming `source`, when sentencepiece cannot train on the texts."""
+    import io
+
+    from ..errors import DataError
+
+    model = io.BytesIO()
+    try:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+            character_coverage=1.0, hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            minloglevel=2,
+        )  # fmt: skip
+    except RuntimeError as e:
+        raise DataError(f"{source}: cannot train a sentencepiece model ({e}); check spm_vocab_size") from None
+    return SentencePieceTokenizer.from_spm_model(model.getvalue(), source)
 
 
 def _load_spm(spm_model: bytes, source: str) -> sentencepiece.SentencePieceProcessor:

@@ -25,7 +25,7 @@ import yaml
 
 from ..errors import ConfigError
 
-Scheduler = Literal["polynomial_decay", "tri_stage", "fixed"]
+Scheduler = Literal["polynomial_decay", "tri_stage", "inverse_sqrt", "fixed"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on a GPU that has it, else fp32
 
 
@@ -41,8 +41,8 @@ class TrainConfig:
     # optimisation (fairseq optimization / optimizer / lr_scheduler options)
     max_update: int = 400_000  # updates to train for (an update: update_freq micro-batches)
     lr: float = 5e-4  # peak learning rate
-    lr_scheduler: Scheduler = "polynomial_decay"  # polynomial_decay, tri_stage or fixed
-    warmup_updates: int = 32_000  # polynomial_decay
+    lr_scheduler: Scheduler = "polynomial_decay"  # polynomial_decay, tri_stage, inverse_sqrt or fixed
+    warmup_updates: int = 32_000  # polynomial_decay, inverse_sqrt
     end_learning_rate: float = 0.0  # polynomial_decay
     power: float = 1.0  # polynomial_decay: 1 = linear decay
     phase_ratio: tuple[float, float, float] = (0.1, 0.4, 0.5)  # tri_stage: warm-up, hold, decay
@@ -213,6 +213,7 @@ TASK_CONFIGS = {
     "pretrain": ("xlsr.pretraining.task", "PretrainConfig"),
     "ctc": ("xlsr.finetuning.ctc", "CTCConfig"),
     "classify": ("xlsr.finetuning.classify", "ClassifyConfig"),
+    "st": ("xlsr.finetuning.st", "STConfig"),
 }
 
 
@@ -246,7 +247,7 @@ def _yaml_line(key: str, value: Any, help_text: str | None, indent: str = "") ->
 
 
 def describe_config(task: str) -> str:
-    """Every configuration key of a training command (`pretrain`, `ctc`, `classify`; "finetune ctc" works too)
+    """Every configuration key of a training command (`pretrain`, `ctc`, `classify`, `st`; "finetune ctc" works too)
     with its default and a one-line help, as YAML that `--config` reads back (`--print-config` prints it).
     The ModelConfig keys (`--set model.KEY=VALUE`) follow as comments, with the xlsr-300m preset's values."""
     from ..config import ModelConfig, preset

@@ -1,7 +1,9 @@
 """Learning-rate schedules as functions of the update number (fairseq `polynomial_decay`, `tri_stage`,
-`fixed`). A schedule is stateless: resuming needs only the update count."""
+`inverse_sqrt`, `fixed`). A schedule is stateless: resuming needs only the update count."""
 
 from __future__ import annotations
+
+import math
 
 from ..errors import ConfigError
 from .config import TrainConfig
@@ -18,6 +20,10 @@ def lr_at(update: int, cfg: TrainConfig) -> float:
             return cfg.end_learning_rate
         remaining = (cfg.max_update - update) / max(cfg.max_update - cfg.warmup_updates, 1)
         return (cfg.lr - cfg.end_learning_rate) * remaining**cfg.power + cfg.end_learning_rate
+    if cfg.lr_scheduler == "inverse_sqrt":
+        # fairseq inverse_sqrt (warmup_init_lr 0): linear warm-up, then lr * sqrt(warmup_updates / updates)
+        step, warmup = update + 1, max(cfg.warmup_updates, 0)
+        return cfg.lr * step / warmup if step < warmup else cfg.lr * math.sqrt(max(warmup, 1) / step)
     if cfg.lr_scheduler == "tri_stage":
         warmup, hold, decay = (int(r * cfg.max_update) for r in cfg.phase_ratio)
         init, final = cfg.lr * cfg.init_lr_scale, cfg.lr * cfg.final_lr_scale
@@ -29,13 +35,16 @@ def lr_at(update: int, cfg: TrainConfig) -> float:
             # exponential decay from lr to final over the decay phase (fairseq tri_stage)
             return cfg.lr * (final / cfg.lr) ** ((update - warmup - hold) / max(decay, 1))
         return final
-    raise ConfigError(f"lr_scheduler must be polynomial_decay, tri_stage or fixed, not {cfg.lr_scheduler!r}")
+    raise ConfigError(
+        f"lr_scheduler must be polynomial_decay, tri_stage, inverse_sqrt or fixed, not {cfg.lr_scheduler!r}"
+    )
 
 
 # The options each schedule reads (the others are ignored by it).
 SCHEDULE_OPTIONS = {
     "polynomial_decay": ("warmup_updates", "end_learning_rate", "power"),
     "tri_stage": ("phase_ratio", "init_lr_scale", "final_lr_scale"),
+    "inverse_sqrt": ("warmup_updates",),
     "fixed": (),
 }
 
@@ -45,12 +54,13 @@ def ignored_options(cfg: TrainConfig) -> list[str]:
     not read (say `warmup_updates` under `tri_stage`, whose warm-up is a share of max_update)."""
     defaults = type(cfg)()
     used = SCHEDULE_OPTIONS[cfg.lr_scheduler]
-    out = []
+    out, seen = [], set()
     for schedule, options in SCHEDULE_OPTIONS.items():
         for key in options:
             value = getattr(cfg, key)
-            if key in used or value == getattr(defaults, key):
+            if key in used or key in seen or value == getattr(defaults, key):
                 continue
+            seen.add(key)
             hint = f"it is a {schedule} option"
             if key == "warmup_updates" and cfg.lr_scheduler == "tri_stage":
                 warmup = int(cfg.phase_ratio[0] * cfg.max_update)
