@@ -101,6 +101,15 @@ def test_a_mistyped_model_stops_the_command_before_any_work(command, tmp_path, c
         assert not (tmp_path / "out").exists()
 
 
+def test_a_missing_data_file_first_is_a_missing_input_not_a_missing_model(tmp_path, capsys):
+    sf.write(tmp_path / "clip.wav", speechlike(1.0), 16000)
+    for name in ("test.parquet", "train.arrow", "dev.tsv"):
+        code = main(["transcribe", str(tmp_path / name), str(tmp_path / "clip.wav"), "--quiet"])
+        captured = capsys.readouterr()
+        assert code == 1 and "no such model" not in captured.err and "no such file" in captured.err
+        assert "clip.wav" in captured.out  # the bundled model did the other input
+
+
 def test_features_of_a_folder_with_a_corrupt_file_writes_the_others(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     sf.write(tmp_path / "in" / "good.wav", speechlike(1.0), 16000)

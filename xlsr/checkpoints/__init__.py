@@ -53,6 +53,7 @@ def model_and_inputs(model: str | None, items: list[str], work: str = "done") ->
     an existing path nor audio nor a manifest, followed by others, stops the command before any work: it is taken
     for a mistyped model, never replaced by the bundled one."""
     from ..audio import AUDIO_EXTENSIONS
+    from ..data.sources import TABLE_SUFFIXES, TSV_SUFFIXES
     from ..errors import ConfigError
 
     items = list(items)
@@ -60,7 +61,7 @@ def model_and_inputs(model: str | None, items: list[str], work: str = "done") ->
         return items[0], items[1:]
     if model is None and len(items) > 1 and not Path(items[0]).exists():
         suffix = Path(items[0]).suffix.lower()
-        if suffix not in AUDIO_EXTENSIONS and suffix not in (".tsv", ".manifest"):
+        if suffix not in AUDIO_EXTENSIONS and suffix not in TSV_SUFFIXES + TABLE_SUFFIXES:
             raise ConfigError(f"{items[0]}: no such model (no such file or directory); nothing was {work}")
     return model, items
 
