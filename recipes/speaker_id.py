@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from recipes.reference_model import stage  # noqa: E402  (the same skip-when-done stages)
 from xlsr.checkpoints import bundled_model  # noqa: E402
 from xlsr.evaluate import evaluate  # noqa: E402
 from xlsr.finetuning.classify import finetune_classify  # noqa: E402
@@ -34,17 +35,6 @@ SID = ["max_update=600", "lr=1.5e-3", "warmup_updates=60", "max_tokens=320000", 
        "log_interval=50", "validate_interval_updates=150", "save_interval_updates=150", "num_workers=1"]  # fmt: skip
 
 
-def stage(name: str, done: Path, run) -> None:
-    if done.exists():
-        print(f"== {name}: done already ({done})")
-        return
-    print(f"== {name}", flush=True)
-    t = time.perf_counter()
-    run()
-    done.touch()
-    print(f"== {name}: {(time.perf_counter() - t) / 60:.1f} min", flush=True)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="work/speaker_id", help="where the corpus, run and report go")
@@ -54,10 +44,11 @@ def main() -> None:
     corpus = work / "corpus"
     started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
-    stage("synth", work / "synth.done", lambda: synth(corpus, LANGS, per_lang=PER_LANG, seed=7, speakers=SPEAKERS))
-    stage("classify", work / "classify.done", lambda: finetune_classify(
-        str(bundled_model("asr")), corpus / "train.tsv", corpus / "valid.tsv", work / "sid", label_column="speaker",
-        set=SID))  # fmt: skip
+    stage("synth", corpus / "test.tsv", lambda: synth(corpus, LANGS, per_lang=PER_LANG, seed=7, speakers=SPEAKERS))
+    stage("classify", work / "sid" / "done", lambda: (
+        finetune_classify(str(bundled_model("asr")), corpus / "train.tsv", corpus / "valid.tsv", work / "sid",
+                          label_column="speaker", set=SID),
+        (work / "sid" / "done").touch()))  # fmt: skip
     report = evaluate(work / "sid" / "best", corpus / "test.tsv", label_column="speaker",
                       output_dir=work / "eval", quiet=True)  # fmt: skip
     rows = ["| speaker | test clips | accuracy % |", "|---|---|---|"]

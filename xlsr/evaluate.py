@@ -183,13 +183,13 @@ def evaluate(
     if kind == "translation":
         report = _evaluate_translation(net, manifest, **given, **common)
     elif kind == "classifier":
-        from .classify import evaluate_classifier
+        from .classify import CROP_SEED, evaluate_classifier
 
         if chunk_seconds is not None:
             common["chunk_seconds"] = chunk_seconds
         report = evaluate_classifier(net, manifest, label_column=label_column or "lang", crops=crops,
                                      crop_seconds=10.0 if crop_seconds is None else crop_seconds, plot=plot,
-                                     **({} if seed is None else {"seed": seed}), **common)  # fmt: skip
+                                     seed=CROP_SEED if seed is None else seed, **common)  # fmt: skip
     else:
         given.pop("chunk_seconds", None)
         report = _evaluate_ctc(net, manifest, normalization, chunk_seconds=chunk_seconds, **given, **common)
