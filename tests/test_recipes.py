@@ -26,6 +26,10 @@ RESULTS = ROOT / "recipes" / "results" / "reference_model.md"
 CER, WER, LID = "CER %", "WER %", "language ID accuracy %"
 SID_RESULTS = ROOT / "recipes" / "results" / "speaker_id.md"
 SID = "accuracy %"
+ST_RESULTS = ROOT / "recipes" / "results" / "translation.md"
+HELD_OUT, VOICES = "pair (held-out sentences)", "pair (held-out voices)"
+BLEU = {start: f"BLEU {start}" for start in ("pretrained", "random", "baseline")}
+CHRF = {start: f"chrF {start}" for start in ("pretrained", "random", "baseline")}
 
 
 def _number(cell: str) -> float | str:
@@ -87,6 +91,11 @@ def check_pretrained_beats_random(out: str) -> None:
     """The claim on recipes/ctc_pretrained_vs_random.py's output: "well below 50%", and well below random."""
     cer = {name: row[CER] for name, row in aligned_table(out, "start").items()}
     assert cer["pretrained"] < 42 and cer["pretrained"] < cer["random"] - 10, out
+
+
+def translation_tables(text: str) -> dict[str, dict[str, dict[str, float | str]]]:
+    """recipes/translation.py's two tables: {set: {pair: {column: cell}}}."""
+    return {key: markdown_table(text, *BLEU.values(), *CHRF.values(), first=key) for key in (HELD_OUT, VOICES)}
 
 
 # --- fast: the reading of the tables --------------------------------------------------------------------
@@ -151,6 +160,18 @@ def test_the_pretrained_vs_random_output_is_read_by_its_column_names():
     table = aligned_table(out, "start")
     assert table["pretrained"][CER] == pre[CER] and table["random"][WER] == rand[WER]
     check_pretrained_beats_random(out)
+
+
+def test_the_readme_shows_the_translation_tables():
+    """README quotes recipes/translation.py's tables as the recipe wrote them, one row per pair and the total."""
+    readme, shipped = (ROOT / "README.md").read_text(), ST_RESULTS.read_text()
+    assert translation_tables(readme) == translation_tables(shipped)
+    for table in translation_tables(shipped).values():
+        assert set(table) == {"de-en", "es-en", "fr-en", "it-en", "all"}, table
+    distinct = re.findall(
+        r"Distinct translations of the \d+ clips \([^)]*\): pretrained (\d+), random (\d+)\.", shipped
+    )
+    assert len(distinct) == 2 and all(f"pretrained {a}, random {b}" in readme for a, b in distinct)
 
 
 def test_under_ci_a_skip_for_a_missing_tool_fails(tmp_path, monkeypatch):
