@@ -106,7 +106,8 @@ def test_a_tiny_model_learns_a_tiny_parallel_set(corpus, trained):
     got = {}
     for i, (_, text, tgt) in enumerate(PAIRS):  # each utterance into its own target language, greedy
         got[text] = translate(trained / "best", [corpus / f"u{i}.wav"], target_lang=tgt, beam_size=1, quiet=True)[0]
-    assert sum(t.text == text for text, t in got.items()) >= 2, {k: v.text for k, v in got.items()}
+    # the forced tag alone tells at most 2 of the 4 apart (2 sentences per target language): the rest needs the audio
+    assert sum(t.text == text for text, t in got.items()) >= 3, {k: v.text for k, v in got.items()}
     assert {t.target_lang for t in got.values()} == {"en_XX", "de_DE"}
     assert (trained / "spm.model").exists() and (trained / "best" / "sentencepiece.bpe.model").exists()
     log = (trained / "log.jsonl").read_text()
