@@ -105,23 +105,22 @@ def main() -> None:
     models = {"pretrained": out / "pretrained" / "best", "random": out / "random" / "best"}
     scored = {(m, s): evaluate(path, corpus / s, quiet=True) for m, path in models.items() for s in SETS}
     base = {s: baseline(corpus, corpus / s) for s in SETS}
-    rows = []
+    blocks = []
     for s, key in SETS.items():  # a table per set: "pair (held-out sentences)", ...
-        rows += ["", f"| pair ({key}) | clips | BLEU pretrained | chrF pretrained | BLEU random | chrF random | "
-                 "BLEU baseline | chrF baseline |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        rows = [f"| pair ({key}) | clips | BLEU pretrained | chrF pretrained | BLEU random | chrF random | "
+                "BLEU baseline | chrF baseline |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for pair in [*(f"{lang}-en" for lang in LANGS), "all"]:
             pre, rnd = (scored[m, s].overall if pair == "all" else scored[m, s].per_pair[pair] for m in models)
             b = base[s][pair]
             rows.append(f"| {pair} | {pre.sentences} | {pre.bleu:.1f} | {pre.chrf:.1f} | {rnd.bleu:.1f} | "
                         f"{rnd.chrf:.1f} | {b.bleu:.1f} | {b.chrf:.1f} |")  # fmt: skip
+        blocks.append("\n".join(rows))
     for s, key in SETS.items():  # does the model listen? a decoder that ignores the audio says the same for all
-        said = {m: len({u["hypothesis"] for u in scored[m, s].utterances}) for m in models}
-        rows.append("")
-        rows.append(f"Distinct translations of the {len(scored['pretrained', s].utterances)} clips ({key}): "
-                    + ", ".join(f"{m} {n}" for m, n in said.items()) + ".")  # fmt: skip
+        said = ", ".join(f"{m} {len({u['hypothesis'] for u in scored[m, s].utterances})}" for m in models)
+        blocks.append(f"Distinct translations of the {len(scored['pretrained', s].utterances)} clips ({key}): {said}.")
     signature = scored["pretrained", "test.tsv"].overall
-    table = "\n".join(rows[1:]) + "\n\n"
-    table += f"BLEU: sacrebleu {signature.bleu_signature}; chrF: sacrebleu {signature.chrf_signature}\n"
+    blocks.append(f"BLEU: sacrebleu {signature.bleu_signature}; chrF: sacrebleu {signature.chrf_signature}")
+    table = "\n\n".join(blocks) + "\n"
     print(table)
     print(f"total: {(time.perf_counter() - started) / 60:.1f} min")
     results = ROOT / "recipes" / "results"
