@@ -87,6 +87,7 @@ def test_transcribe_twice_and_the_bundled_model_when_none_is_named(tmp_path):
     second = xlsr.transcribe(None, [tmp_path / "a.wav"], quiet=True)
     assert first[0].text == second[0].text and "assets/model/asr" in first[0].model
     assert xlsr.identify(None, [tmp_path / "a.wav"], quiet=True)[0].top
+    assert "assets/model/st" in xlsr.translate(None, [tmp_path / "a.wav"], quiet=True)[0].model
 
 
 @pytest.mark.parametrize("command", ["transcribe", "identify", "features", "translate"])

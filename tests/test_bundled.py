@@ -32,8 +32,10 @@ def test_the_bundled_models_are_small_and_load():
     asr, lid = load_model(bundled_model("asr")), load_model(bundled_model("lid"))
     assert asr.cfg.head == "ctc" and asr.tokenizer is not None and lid.cfg.head == "classification"
     assert len(lid.cfg.labels) >= 8 and asr.cfg.encoder_layers == lid.cfg.encoder_layers
-    size = sum(p.stat().st_size for p in (ROOT / "xlsr" / "assets" / "model").rglob("*"))
-    assert size < 15 * 2**20
+    size = sum(
+        p.stat().st_size for kind in ("asr", "lid") for p in (ROOT / "xlsr" / "assets" / "model" / kind).rglob("*")
+    )
+    assert size < 15 * 2**20  # the translation model has its own limit (below)
 
 
 def test_the_examples_are_transcribed_with_the_cer_the_readme_states():
@@ -62,3 +64,49 @@ def test_the_first_command_needs_no_model_argument(capsys):
     path, *top = capsys.readouterr().out.splitlines()[0].split("\t")  # path, then "label probability" x top-k
     label, probability = top[0].split()
     assert path == clips[0] and len(top) == 3 and label == Path(clips[0]).stem and 0 < float(probability) <= 1
+
+
+# --- the bundled speech-translation model (recipes/translation.py) ---------------------------------------
+TRANSLATION_EXAMPLES = EXAMPLES / "translation" / "translation.tsv"
+
+
+def stated_translation() -> re.Match:
+    """What the README says the bundled translation model does on its examples."""
+    found = re.search(
+        r"On the bundled examples \(examples/translation/translation.tsv[^)]*\): BLEU (\d+\.\d), chrF (\d+\.\d)\.",
+        (ROOT / "README.md").read_text(),
+    )
+    assert found, "README must state the bundled translation model's figures on its examples"
+    return found
+
+
+def test_the_bundled_translation_model_is_small_and_loads():
+    from xlsr.models.speech_translation import SpeechTranslationModel
+
+    st = load_model(bundled_model("st"))
+    assert isinstance(st, SpeechTranslationModel) and st.tokenizer is not None
+    assert st.generation.forced_bos_token_id == st.tokenizer.lang_id("en")  # X -> English
+    size = sum(p.stat().st_size for p in (ROOT / "xlsr" / "assets" / "model" / "st").rglob("*"))
+    assert size < 10 * 2**20
+
+
+def test_the_translation_examples_score_what_the_readme_states():
+    report = evaluate(bundled_model("st"), TRANSLATION_EXAMPLES, quiet=True)
+    match = stated_translation()
+    assert report.overall.sentences == len(read_manifest(TRANSLATION_EXAMPLES)) >= 4
+    assert report.overall.bleu == pytest.approx(float(match.group(1)), abs=0.051)
+    assert report.overall.chrf == pytest.approx(float(match.group(2)), abs=0.051)
+
+
+def test_translate_needs_no_model_argument(capsys):
+    """The README's first command: the bundled translation model on the example clips, one line per clip."""
+    clips = sorted(str(p) for p in EXAMPLES.glob("*.wav")) + sorted(
+        str(p) for p in TRANSLATION_EXAMPLES.parent.glob("*.wav")
+    )
+    assert main(["translate", *clips, "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in out] == clips
+    assert all(len(line.split("\t")[1].split()) >= 2 for line in out)  # English words, not nothing
+    references = {str(u.path): u.translation for u in read_manifest(TRANSLATION_EXAMPLES)}
+    said = dict(line.split("\t", 1) for line in out)
+    assert any(said[path] == ref for path, ref in references.items())  # a training sentence, a new voice

@@ -54,7 +54,7 @@ def nets():
 def app_for(nets, **kwargs):
     names = kwargs.pop("models", ("asr", "st", "lid"))
     models = {k: nets[k] for k in names}
-    app = create_app(models.get("asr", "none"), models.get("st"), models.get("lid", "none"), **kwargs)
+    app = create_app(models.get("asr", "none"), models.get("st", "none"), models.get("lid", "none"), **kwargs)
     try:
         yield app
     finally:
@@ -136,6 +136,22 @@ def error_of(response, status: int, kind: str) -> str:
 
 
 # -- endpoints and results ---------------------------------------------------------------------------------------
+def test_with_no_model_named_the_three_bundled_models_are_served():
+    from xlsr.server.service import Service
+
+    service = Service()
+    try:
+        ids = {kind: loaded.id for kind, loaded in service.models.items()}
+        assert ids == {"asr": "xlsr-reference-asr", "st": "xlsr-reference-st", "lid": "xlsr-reference-lid"}
+    finally:
+        service.close()
+    service = Service(st="none")  # `--st none`: no translation
+    try:
+        assert set(service.models) == {"asr", "lid"}
+    finally:
+        service.close()
+
+
 def test_health_models_and_the_page_with_no_outside_address(client):
     assert client.get("/health").json() == {"status": "ok", "models": ["xlsr-reference-asr", "st",
                                                                        "xlsr-reference-lid"]}  # fmt: skip
@@ -519,11 +535,11 @@ def test_the_serve_command_listens_on_localhost_and_logs_requests(tmp_path):
             except httpx.TransportError:
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
-        assert health.json() == {"status": "ok", "models": ["xlsr-reference-asr"]}
+        assert health.json() == {"status": "ok", "models": ["xlsr-reference-asr", "xlsr-reference-st"]}
         r = httpx.post(f"http://127.0.0.1:{port}/v1/audio/transcriptions", files=upload(EXAMPLES / "es.wav"))
         assert r.status_code == 200 and r.json()["text"]
     finally:
         proc.terminate()
         err = proc.communicate(timeout=30)[1]
-    assert f"http://127.0.0.1:{port}/ with xlsr-reference-asr (asr)" in err
+    assert f"http://127.0.0.1:{port}/ with xlsr-reference-asr (asr), xlsr-reference-st (st)" in err
     assert re.search(r"POST /v1/audio/transcriptions 200 2\.0s audio \d+\.\d{3}s", err), err

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from xlsr.checkpoints import bundled_model
 from xlsr.cli import main
 from xlsr.errors import ConfigError
 from xlsr.translate import translate
@@ -64,8 +65,10 @@ def test_language_selection_and_bad_input(st_fixtures, clips, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 1 and captured.out.startswith(f"{clips[0]}\t")
     assert captured.err.splitlines()[0].startswith(f"xlsr: error: {tmp_path / 'bad.wav'}: ")
-    assert main(["translate", str(clips[0])]) == 1
-    assert "needs a speech-translation model" in capsys.readouterr().err
+    assert main(["translate", str(clips[0]), "--format", "json", "--quiet"]) == 0  # no model named: the bundled one
+    assert "assets/model/st" in json.loads(capsys.readouterr().out)["model"]
+    assert main(["translate", "--model", str(bundled_model("asr")), str(clips[0])]) == 1  # a CTC model
+    assert "is not a speech-translation model" in capsys.readouterr().err
 
 
 def test_a_converted_directory_translates_the_same(st_fixtures, clips, tmp_path):

@@ -602,7 +602,8 @@ def parse_serve(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models (each loaded once)")
     g.add_argument("--asr", metavar="MODEL", help="CTC model for /v1/audio/transcriptions (default: the bundled one; "
                    "'none': no transcription)")  # fmt: skip
-    g.add_argument("--st", metavar="MODEL", help="speech-translation model for /v1/audio/translations (default: none)")
+    g.add_argument("--st", metavar="MODEL", help="speech-translation model for /v1/audio/translations (default: the "
+                   "bundled one; 'none': no translation)")  # fmt: skip
     g.add_argument("--lid", metavar="MODEL", help="classification model for /v1/identify (default: the bundled "
                    "language-ID model; 'none': no identification)")  # fmt: skip
     g.add_argument("--lm", help="KenLM n-gram model: beam search for every transcription (as xlsr transcribe --lm)")

@@ -73,9 +73,8 @@ def render(t: Translation, fmt: str) -> str:
 
 
 def translation_model(model: str | Path | nn.Module | None, device: str | None, dtype: str | None) -> nn.Module:
-    if model is None:
-        raise ConfigError("translate needs a speech-translation model (--model): none is bundled yet")
-    net = inference_model(model, device, dtype)
+    """Loads a model (None: the bundled speech-translation model) and checks that it translates."""
+    net = inference_model(model, device, dtype, kind="st")
     if not isinstance(net, SpeechTranslationModel):
         raise ConfigError(f"{net.source} is not a speech-translation model; use `xlsr transcribe` for CTC models")
     if net.tokenizer is None:
@@ -136,6 +135,7 @@ def translate(
 ) -> list[Translation]:
     """Translates files, folders and manifests; one Translation per input, in input order.
 
+    model: any speech-translation model xlsr reads (None: the bundled reference model, de/es/fr/it -> en).
     target_lang: mBART-50 code (`de_DE`) or ISO 639-1 (`de`); default: the model's own target, else English.
     Decoding options are fairseq's (`DecodingOptions`): `max_len_a * frames + max_len_b` bounds the output, and
     `max_new_tokens` caps it. A file that cannot be read gets `error` set; every other file is still done.

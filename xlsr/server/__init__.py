@@ -81,8 +81,8 @@ def serve(
     """Serves the models over HTTP until interrupted: OpenAI's `POST /v1/audio/transcriptions` and
     `/v1/audio/translations`, `POST /v1/identify`, `GET /v1/models`, `/health`, `/metrics`, and the page at `/`.
 
-    asr, lid: a CTC and a classification model (None: the bundled ones; "none": not loaded); st: a
-    speech-translation model (None: not loaded). Requests from many clients are batched together (up to
+    asr, st, lid: a CTC, a speech-translation and a classification model (None: the bundled ones; "none": not
+    loaded). Requests from many clients are batched together (up to
     `max_batch` windows, waiting at most `max_wait_ms` for more), at most `max_queue` are admitted at once (then
     503 with Retry-After), uploads are limited to `max_upload_mb` and `max_audio_s`. `api_key` (or the
     XLSR_API_KEY variable): every endpoint but /health and the page wants `Authorization: Bearer KEY`. `lm`,

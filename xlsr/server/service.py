@@ -102,7 +102,7 @@ def _commands() -> dict[str, tuple[Callable, Callable, Callable]]:
 
 
 def model_id(kind: str, given: str | Path | nn.Module | None, net: nn.Module) -> str:
-    """What requests call a model: `xlsr-reference-asr` / `-lid` for the bundled ones, else the name of its
+    """What requests call a model: `xlsr-reference-asr` / `-st` / `-lid` for the bundled ones, else the name of its
     directory or file (without a checkpoint suffix); never a path of the server's."""
     from ..checkpoints import BUNDLED_MODEL
 
@@ -114,8 +114,8 @@ def model_id(kind: str, given: str | Path | nn.Module | None, net: nn.Module) ->
 
 
 class Service:
-    """The loaded models and the commands run on uploads. asr / lid: None loads the bundled model, "none" loads
-    nothing; st: None loads nothing (no translation model is bundled yet)."""
+    """The loaded models and the commands run on uploads: None loads the bundled model of its kind, "none"
+    loads nothing."""
 
     def __init__(
         self,
@@ -138,7 +138,7 @@ class Service:
         self.metrics = metrics or Metrics()
         self.models: dict[str, Loaded] = {}
         for kind, given in (("asr", asr), ("st", st), ("lid", lid)):
-            if (kind == "st" and given is None) or (isinstance(given, str) and given.lower() == "none"):
+            if isinstance(given, str) and given.lower() == "none":
                 continue
             net = self.commands[kind][0](given, device, dtype)
             self.models[kind] = Loaded(kind, model_id(kind, given, net), net)
