@@ -16,5 +16,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_the_readme_first_command_runs_the_bundled_models_on_the_examples():
     readme = (ROOT / "README.md").read_text()
     first = readme.split("```bash\n")[1].split("\n```")[0]
-    assert first.endswith("xlsr transcribe examples/*.wav && xlsr identify examples/*.wav")
+    assert first.endswith("xlsr transcribe examples/*.wav && xlsr identify examples/*.wav"
+                          " && xlsr translate examples/translation/*.wav")  # fmt: skip
     assert (ROOT / "examples" / "examples.tsv").exists()
+    assert (ROOT / "examples" / "translation" / "translation.tsv").exists()
