@@ -284,11 +284,11 @@ def test_the_speaker_id_recipe_reproduces_its_figures(tmp_path):
 
 @pytest.mark.slow
 @needs_tool("espeak-ng")
-@pytest.mark.timeout(170 * 60)
+@pytest.mark.timeout(110 * 60)
 def test_the_translation_recipe_reproduces_its_figures(reference):
     """recipes/translation.py from the reference recipe's pretraining (its corpus, the four runs, the tables)."""
     work, _ = reference
     run = subprocess.run([sys.executable, str(ROOT / "recipes" / "translation.py"), "--work", str(work)],
-                         capture_output=True, text=True, timeout=165 * 60)  # fmt: skip
+                         capture_output=True, text=True, timeout=100 * 60)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     check_translation_figures(run.stdout, ST_RESULTS.read_text())
