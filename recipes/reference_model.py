@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xlsr.checkpoints import load_model, save_hf_dir  # noqa: E402
+from xlsr.checkpoints import family_of, load_model  # noqa: E402
 from xlsr.evaluate import evaluate  # noqa: E402
 from xlsr.finetuning.classify import finetune_classify  # noqa: E402
 from xlsr.finetuning.ctc import finetune_ctc  # noqa: E402
@@ -69,9 +69,9 @@ def pretrained_encoder(work: Path) -> str:
 
 
 def half(src: Path, dst: Path) -> None:
-    """The model stored in float16 (it is computed in float32 when loaded)."""
+    """The model (any family) stored in float16 as a Hugging Face directory (computed in float32 when loaded)."""
     model = load_model(src)
-    save_hf_dir(model.half(), dst, model.tokenizer, model.preprocessing)
+    family_of(model).save_hf(model.half(), dst)
 
 
 def main() -> None:

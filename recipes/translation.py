@@ -45,8 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_model as ref  # noqa: E402
 
-from xlsr.checkpoints import init, load_model  # noqa: E402
-from xlsr.checkpoints.hf_st import save_hf_st_dir  # noqa: E402
+from xlsr.checkpoints import init  # noqa: E402
 from xlsr.data.manifest import Utterance, read_manifest, write_manifest  # noqa: E402
 from xlsr.evaluate import evaluate  # noqa: E402
 from xlsr.finetuning.ctc import finetune_ctc  # noqa: E402
@@ -99,12 +98,6 @@ def fine_tune(out: Path, name: str, start: str) -> None:
         (st / "done").touch()))  # fmt: skip
 
 
-def half(src: Path, dst: Path) -> None:
-    """The model stored in float16 (it is computed in float32 when loaded)."""
-    model = load_model(src)
-    save_hf_st_dir(model.half(), dst, model.generation)
-
-
 def baseline(corpus: Path, manifest: Path) -> dict:
     """The most frequent training translation, said for every clip of `manifest`: {pair or "all": scores}."""
     top = Counter(u.translation for u in read_manifest(corpus / "train_voices.tsv")).most_common(1)[0][0]
@@ -135,7 +128,7 @@ def main() -> None:
         for run in [pool.submit(fine_tune, out, name, start) for name, start in starts.items()]:
             run.result()  # re-raises a run's error
     print("== evaluate (the pretrained run's model stored in float16; the random run's as trained)", flush=True)
-    half(out / "st_pretrained" / "best", out / "final" / "st")
+    ref.half(out / "st_pretrained" / "best", out / "final" / "st")
     models = {"pretrained": out / "final" / "st", "random": out / "st_random" / "best"}
     asr = {m: evaluate(out / f"asr_{m}" / "best", corpus / "valid.tsv", quiet=True).overall for m in models}
     scored = {(m, s): evaluate(path, corpus / s, quiet=True) for m, path in models.items() for s in SETS}
