@@ -86,6 +86,7 @@ def test_the_bundled_translation_model_is_small_and_loads():
     st = load_model(bundled_model("st"))
     assert isinstance(st, SpeechTranslationModel) and st.tokenizer is not None
     assert st.generation.forced_bos_token_id == st.tokenizer.lang_id("en")  # X -> English
+    assert st.generation.target_languages == ("en_XX",)  # and into nothing else
     size = sum(p.stat().st_size for p in (ROOT / "xlsr" / "assets" / "model" / "st").rglob("*"))
     assert size < 10 * 2**20
 
@@ -110,3 +111,16 @@ def test_translate_needs_no_model_argument(capsys):
     references = {str(u.path): u.translation for u in read_manifest(TRANSLATION_EXAMPLES)}
     said = dict(line.split("\t", 1) for line in out)
     assert any(said[path] == ref for path, ref in references.items())  # a training sentence, a new voice
+
+
+def test_the_bundled_translation_model_refuses_a_target_it_was_not_trained_on(capsys):
+    """Its vocabulary has mBART-50's 52 language tags, but it learnt English only: another target is refused
+    before any work, in one line that names the languages it does translate into."""
+    clip = str(TRANSLATION_EXAMPLES.parent / "de.wav")
+    for target in ("de", "fr_XX", "xx"):
+        assert main(["translate", clip, "--target-lang", target, "--quiet"]) != 0
+        captured = capsys.readouterr()
+        assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured
+        assert "fine-tuned to translate into en_XX only" in captured.err and "Traceback" not in captured.err
+    assert main(["translate", clip, "--target-lang", "en", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip()

@@ -114,6 +114,25 @@ def test_a_tiny_model_learns_a_tiny_parallel_set(corpus, trained):
     assert "nll_loss" in log
 
 
+def test_the_best_model_records_its_training_targets_and_refuses_others(corpus, trained):
+    """A new decoder's vocabulary carries all 52 mBART-50 tags; the model learnt two: translate refuses the rest
+    in one line, `info` and serve's model list show the two, and transformers reads the generation config."""
+    from transformers import GenerationConfig
+
+    gen = json.loads((trained / "best" / "generation_config.json").read_text())
+    assert gen["target_languages"] == ["de_DE", "en_XX"] and "forced_bos_token_id" not in gen
+    assert GenerationConfig.from_pretrained(trained / "best").decoder_start_token_id == 2
+    best = load_model(trained / "best")
+    assert len(best.tokenizer.languages) == 52 and best.generation.target_languages == ("de_DE", "en_XX")
+    with pytest.raises(ConfigError, match=r"fine-tuned to translate into de_DE, en_XX only, not fr_XX"):
+        translate(trained / "best", [corpus / "u0.wav"], target_lang="fr", quiet=True)
+    with pytest.raises(ConfigError, match=r"into de_DE, en_XX only; --target-lang tlh: unknown target language"):
+        translate(trained / "best", [corpus / "u0.wav"], target_lang="tlh", quiet=True)
+    from xlsr.checkpoints import families
+
+    assert families.family_of(best).describe(best)["languages"] == ["de_DE", "en_XX"]
+
+
 def test_the_best_directory_loads_in_transformers_with_the_same_logits_and_token_ids(corpus, trained):
     from transformers import AutoTokenizer, SpeechEncoderDecoderModel
 
@@ -291,15 +310,29 @@ def test_the_decoder_of_a_transformers_mbart_directory_and_of_a_speech_translati
 
 
 def test_continuing_a_speech_translation_model_keeps_its_shape_and_vocabulary(corpus, trained):
-    t = task(corpus, "decoder_layers=12", "decoder_embed_dim=1024", "decoder_ffn_embed_dim=4096",
-             "decoder_attention_heads=16", "max_target_positions=1024", "spm_vocab_size=8000",
-             init=trained / "best")  # fmt: skip
+    own = (
+        "decoder_layers=12",
+        "decoder_embed_dim=1024",
+        "decoder_ffn_embed_dim=4096",
+        "decoder_attention_heads=16",
+        "max_target_positions=1024",
+        "spm_vocab_size=8000",
+    )  # the defaults: taken from the start model
+    t = task(corpus, *own, init=trained / "best")
     model = t.build_model()
     start = load_model(trained / "best")
     assert model.cfg.decoder_layers == 2 and t.tokenizer.tokens == start.tokenizer.tokens
     torch.testing.assert_close(model.decoder.layers[0].fc1.weight, start.decoder.layers[0].fc1.weight, rtol=0, atol=0)
     with pytest.raises(ConfigError, match="adaptor_n_layers=2: the weights and vocabulary come from"):
         task(corpus, "adaptor_n_layers=2", init=trained / "best").build_model()
+    # the languages it was fine-tuned into stay recorded when the new data has only some of them
+    rows = (corpus / "train.tsv").read_text().splitlines()
+    (corpus / "to_en.tsv").write_text("\n".join([rows[0], *(r for r in rows[1:] if r.endswith("\ten"))]) + "\n")
+    t = task(corpus, *own, init=trained / "best", train="to_en.tsv", valid="to_en.tsv")
+    model = t.build_model()
+    t.datasets(model, World())
+    assert t.tags == {t.tokenizer.lang_id("en")}
+    assert t.generation(model).target_languages == ("de_DE", "en_XX")
 
 
 # -- bad input ----------------------------------------------------------------------------------------------------

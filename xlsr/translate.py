@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from .checkpoints import inference_model
+from .checkpoints.hf_st import target_languages
 from .decoding.generate import DecoderInference, DecodingOptions, generate
 from .driver import Process, check_format, print_results, run_inputs
 from .errors import ConfigError
@@ -89,10 +90,20 @@ def target_id(net: SpeechTranslationModel, target_lang: str | None) -> tuple[int
         forced = getattr(getattr(net, "generation", None), "forced_bos_token_id", None)
         if forced is not None:
             return forced, tok.tokens[forced]
-        if DEFAULT_TARGET not in tok.languages:
-            raise ConfigError(f"{net.source}: name the target language with --target-lang ({' '.join(tok.languages)})")
+        if DEFAULT_TARGET not in target_languages(net):
+            raise ConfigError(f"{net.source}: name the target language with --target-lang "
+                              f"({' '.join(target_languages(net))})")  # fmt: skip
         target_lang = DEFAULT_TARGET
-    i = tok.lang_id(target_lang)
+    trained = target_languages(net)
+    only = f"{net.source} was fine-tuned to translate into {', '.join(trained)} only"
+    try:
+        i = tok.lang_id(target_lang)
+    except ConfigError as e:  # unknown or ambiguous in the vocabulary
+        if trained == tok.languages:
+            raise
+        raise ConfigError(f"{only}; --target-lang {target_lang}: {str(e).split(';')[0]}") from None
+    if i not in {tok.lang_id(c) for c in trained}:
+        raise ConfigError(f"{only}, not {tok.tokens[i]} (--target-lang {target_lang})")
     return i, tok.tokens[i]
 
 

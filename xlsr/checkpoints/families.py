@@ -179,7 +179,9 @@ def _st_describe(net: SpeechTranslationModel) -> dict[str, Any]:
         "vocabulary_size": cfg.vocab_size,
     }
     if net.tokenizer is not None:
-        out["languages"] = list(net.tokenizer.languages)
+        from .hf_st import target_languages
+
+        out["languages"] = target_languages(net)  # those it was fine-tuned on, when recorded
     return out
 
 

@@ -62,6 +62,16 @@ class GenerationDefaults:
     forced_bos_token_id: int | None = None  # forced first generated token: the target-language tag, if any
     max_length: int | None = None  # transformers' max_length (decoder start token included); None: not set
     num_beams: int = 1
+    # the language codes the model was fine-tuned to produce (xlsr's own field; empty: not recorded, as in the
+    # published directories, and then any language of the vocabulary is accepted)
+    target_languages: tuple[str, ...] = ()
+
+
+def target_languages(net: Any) -> list[str]:
+    """The languages a speech-translation model translates into: those it was fine-tuned on when its generation
+    config records them, else every language of its vocabulary."""
+    trained = getattr(getattr(net, "generation", None), "target_languages", ())
+    return list(trained) if trained else list(net.tokenizer.languages if net.tokenizer is not None else [])
 
 
 def is_hf_st_config(config: dict[str, Any]) -> bool:
@@ -208,7 +218,16 @@ def read_generation(path: Path, hf: dict[str, Any], cfg: SpeechTranslationConfig
         forced_bos_token_id=value("forced_bos_token_id"),
         max_length=value("max_length"),
         num_beams=value("num_beams") or 1,
+        target_languages=_codes(value("target_languages"), gen_file),
     )
+
+
+def _codes(value: Any, where: Path) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise CheckpointError(f"{where}: target_languages must be a list of language codes, not {value!r}")
+    return tuple(value)
 
 
 def load_hf_st_dir(path: str | Path) -> tuple[SpeechTranslationModel, GenerationDefaults]:
@@ -304,6 +323,8 @@ def generation_config(cfg: SpeechTranslationConfig, generation: GenerationDefaul
         config["forced_bos_token_id"] = generation.forced_bos_token_id
     if generation.max_length is not None:
         config["max_length"] = generation.max_length
+    if generation.target_languages:
+        config["target_languages"] = list(generation.target_languages)
     return config
 
 

@@ -265,6 +265,8 @@ class STTask(FinetuneTask):
         self.tokenizer: SentencePieceTokenizer | None = None
         self.default_tag: int | None = None  # the tag of rows without tgt_lang
         self.tags: set[int] = set()  # the target languages of the training data
+        # the start model's recorded targets, kept after fine-tuning; None: it records none (a published model)
+        self.start_targets: tuple[str, ...] | None = ()
         self.targets: dict[str, list[list[int]]] = {}  # split -> per dataset item: tag, pieces, </s>
         self.signature_logged = False
 
@@ -284,6 +286,8 @@ class STTask(FinetuneTask):
         model = self._continue(start) if isinstance(start, SpeechTranslationModel) else self._new(start)
         self.tokenizer.hf_files()  # DIR/best needs an MBart50-layout vocabulary: refuse now, not at the first best
         self._default_target(start)
+        if isinstance(start, SpeechTranslationModel):
+            self.start_targets = getattr(getattr(start, "generation", None), "target_languages", ()) or None
         select_trained(model, cfg)
         model.tokenizer = self.tokenizer
         return model
@@ -557,8 +561,14 @@ class STTask(FinetuneTask):
     def generation(self, model: SpeechTranslationModel) -> GenerationDefaults:
         """`xlsr translate` and transformers' generate: `</s>` first, then the tag of a single target language."""
         forced = next(iter(self.tags)) if len(self.tags) == 1 else None
+        # what translate accepts as --target-lang: the training targets (and the start model's), or, continuing a
+        # model that records none, every language of the vocabulary as before
+        tok, kept = self.tokenizer, set(self.start_targets or ())
+        trained = tuple(c for c in tok.languages if c in kept or tok.lang_id(c) in self.tags)
+        if self.start_targets is None:
+            trained = ()
         return GenerationDefaults(decoder_start_token_id=model.cfg.decoder_start_token_id, forced_bos_token_id=forced,
-                                  num_beams=self.cfg.valid_beam_size)  # fmt: skip
+                                  num_beams=self.cfg.valid_beam_size, target_languages=trained)  # fmt: skip
 
 
 def finetune_st(

@@ -13,6 +13,7 @@ import math
 import zlib
 from typing import Any
 
+from ..checkpoints.hf_st import target_languages
 from ..translate import Translation
 from ..translate import render as render_translation
 from ..writers import Transcript, cues
@@ -86,7 +87,7 @@ def models_list(models: list[Any]) -> dict[str, Any]:
     for m in models:
         entry = {"id": m.id, "object": "model", "created": 0, "owned_by": "xlsr", "kind": m.kind}
         if m.kind == "st":
-            entry["languages"] = list(m.net.tokenizer.languages)
+            entry["languages"] = target_languages(m.net)
         if m.kind == "lid":
             entry["labels"] = list(m.net.cfg.labels)
         data.append(entry)
