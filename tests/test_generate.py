@@ -392,3 +392,20 @@ def test_options_are_checked_once_with_one_line_errors():
     enc, padding = encoder_batch([3])
     with pytest.raises(ConfigError, match="min_len 5 is larger than the maximum length 3"):
         run(ToyDecoder(6), enc, padding, min_len=5, max_len_b=3)
+
+
+def test_the_filter_turns_nan_into_minus_infinity_and_keeps_the_infinities():
+    """fairseq's first rule (NaN -> -inf), done in one in-place pass: infinities and finite values stay."""
+    from xlsr.decoding.generate import LogProbFilter
+
+    lprobs = torch.tensor([[0.5, math.nan, -1.0, math.inf, -math.inf, -2.0], [math.nan] * 3 + [-0.1, -0.2, -0.3]])
+    tokens = torch.full((2, 3), 4)
+    prefix = torch.full((2, 1), 1)  # <pad>: nothing forced
+    out = LogProbFilter(DecodingOptions(min_len=0, pad_id=1, unk_id=3, eos_id=2)).apply(
+        2, lprobs.clone(), tokens, prefix, torch.tensor([9, 9])
+    )
+    assert not torch.isnan(out).any()
+    expected = torch.tensor([[0.5, -math.inf, -1.0, math.inf, -math.inf, -2.0], [-math.inf] * 4 + [-0.2, -0.3]])
+    expected[1, 3] = -0.1
+    expected[:, 1] = -math.inf  # <pad>, banned
+    assert torch.equal(out, expected)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import hf_config, randomize, speechlike
@@ -28,7 +29,7 @@ from xlsr.config import ModelConfig, SpeechTranslationConfig, preset
 from xlsr.errors import CheckpointError, ConfigError
 from xlsr.models.decoder import DecoderLayer, TransformerDecoder
 from xlsr.models.padding import padding_mask
-from xlsr.models.speech_translation import SpeechTranslationModel
+from xlsr.models.speech_translation import SpeechTranslationModel, length_groups
 
 VOCAB = 64
 # Encoder width 32; "equal": adapter and decoder at 32 (the 300M layout), "projected": Linear + LayerNorm down to
@@ -225,6 +226,42 @@ def test_padded_batch_gives_each_utterance_its_own_output():
             torch.testing.assert_close(
                 logits[i], model(wave[i : i + 1, :n], None, prev[i : i + 1])[0], atol=1e-5, rtol=0
             )
+
+
+def test_length_groups_bound_the_padding_and_keep_every_utterance_once():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = rng.integers(400, 240000, size=int(rng.integers(1, 12))).tolist()
+        for bound in (0.0, 0.1, 0.5):
+            groups = length_groups(lengths, bound)
+            assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+            heads = [lengths[g[0]] for g in groups]
+            assert heads == sorted(heads, reverse=True) and all(
+                lengths[g[0]] == max(lengths[i] for i in g) for g in groups
+            )
+            for g in groups:
+                assert len(g) * lengths[g[0]] <= (1 + bound) * sum(lengths[i] for i in g) + 1e-9
+    # 5-15 s clips: padded to 15 s they are 120 s of work for 80 s of audio; grouped, 84 s
+    clips = [int(16000 * s) for s in np.linspace(5, 15, 8)]
+    groups = length_groups(clips, 0.1)
+    assert sum(len(g) * clips[g[0]] for g in groups) < 1.06 * sum(clips) and len(groups) < len(clips)
+    assert length_groups([16000] * 5, 0.0) == [[0, 1, 2, 3, 4]]
+
+
+def test_encoding_by_length_groups_gives_the_padded_batch_encoding():
+    """What translate runs: the same decoder memory and padding as one padded batch, for less encoder work."""
+    model = xlsr_st_model()
+    wave, lengths = waves([0.5, 1.3, 0.6, 1.2, 0.9])
+    with torch.no_grad():
+        enc, padding = model.encode(wave, lengths)
+        assert len(length_groups(lengths.tolist(), 0.1)) > 1  # the test means something
+        grouped, grouped_padding = model.encode_by_length(wave, lengths, max_padding=0.1)
+        assert torch.equal(grouped_padding, padding) and grouped.shape == enc.shape
+        assert torch.all(grouped[padding] == 0)
+        torch.testing.assert_close(grouped, enc, atol=1e-5, rtol=0)
+        same, same_padding = model.encode_by_length(wave[:1, : lengths[0]], lengths[:1])  # one: as encode
+        torch.testing.assert_close(same, enc[:1, : same.shape[1]], atol=1e-5, rtol=0)
+        assert same_padding is None
 
 
 # -- decoder --------------------------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def translator(
     )  # fmt: skip
 
     def forward(waves, lengths):
-        encoder_out, padding = net.encode(waves, lengths)
+        encoder_out, padding = net.encode_by_length(waves, lengths)  # little work on padding; decoded as one batch
         return [h[0] if h else None for h in generate(DecoderInference(net.decoder, encoder_out, padding), options)]
 
     if batching is not None:

@@ -232,7 +232,7 @@ class LogProbFilter:
         """lprobs: (N, V) for output position `step`, changed in place; tokens: (N, step + 1) the ids so far;
         prefix: (N, P) long, each row's forced ids, `<pad>` after a row's prefix ends; max_len: (N,) long."""
         o = self.o
-        lprobs.masked_fill_(torch.isnan(lprobs), -math.inf)
+        torch.nan_to_num_(lprobs, nan=-math.inf, posinf=math.inf, neginf=-math.inf)  # one pass (isnan: three)
         lprobs[:, o.pad_id] = -math.inf
         lprobs[:, o.unk_id] -= o.unk_penalty
         at_max = step >= max_len  # (N,)

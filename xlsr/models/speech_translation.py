@@ -63,6 +63,30 @@ class SpeechTranslationModel(nn.Module):
         out = self.encoder.encode(waveforms, lengths)  # out.x: the final output, final layer norm included
         return self.adapt(out.x, out.lengths)
 
+    def encode_by_length(
+        self, waveforms: Tensor, lengths: Tensor | None = None, max_padding: float = 0.1
+    ) -> tuple[Tensor, Tensor | None]:
+        """`encode`, with the utterances run through the encoder in groups of similar length, so that at most
+        `max_padding` of each group's samples are padding (a batch of 5-15 s clips padded to the longest is a
+        third padding) for less work. With the layer-norm feature encoder of every XLS-R model a padded batch
+        gives each utterance its own output, so the result is encode's (tested); a group-norm encoder
+        normalises over the padding too, and gets closer to each utterance's own output. The groups come from
+        `length_groups`; the decoder then sees the whole batch at once, where batching pays."""
+        if lengths is None or len(lengths) < 2:
+            return self.encode(waveforms, lengths)
+        groups = length_groups(lengths.tolist(), max_padding)
+        if len(groups) == 1:
+            return self.encode(waveforms, lengths)
+        frames = self.frame_lengths(lengths)  # (B,) decoder memory frames
+        out = None
+        for group in groups:
+            idx = torch.tensor(group, device=waveforms.device)
+            x, _ = self.encode(waveforms[idx, : int(lengths[idx].max())], lengths[idx])  # (g, T_g, D)
+            if out is None:
+                out = x.new_zeros(len(lengths), int(frames.max()), x.shape[-1])
+            out[idx, : x.shape[1]] = x
+        return out, padding_mask(frames, out.shape[1]) if bool((frames < out.shape[1]).any()) else None
+
     def adapt(self, encoded: Tensor, frames: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """The adapter over the encoder's output: encoded (B, T, D_enc), frames (B,) long valid frames or None
         -> decoder memory (B, T', D) (padded frames exactly 0) and padding (B, T') bool, True = padded (None when
@@ -95,3 +119,19 @@ class SpeechTranslationModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def length_groups(lengths: list[int], max_padding: float = 0.1) -> list[list[int]]:
+    """Indices of `lengths` in groups, longest first, each as large as it can be while padding to its longest
+    costs at most `max_padding` of its real samples (a group of one has none)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        if g is not None and (len(g) + 1) * lengths[g[0]] <= (1 + max_padding) * (
+            sum(lengths[j] for j in g) + lengths[i]
+        ):
+            g.append(i)
+        else:
+            groups.append([i])
+    return groups
