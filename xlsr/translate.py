@@ -85,16 +85,14 @@ def translation_model(model: str | Path | nn.Module | None, device: str | None, 
 
 def target_id(net: SpeechTranslationModel, target_lang: str | None) -> tuple[int, str]:
     """The language tag to force: --target-lang, else the model's own (generation config), else English."""
-    tok = net.tokenizer
+    tok, trained = net.tokenizer, target_languages(net)
     if target_lang is None:
         forced = getattr(getattr(net, "generation", None), "forced_bos_token_id", None)
         if forced is not None:
             return forced, tok.tokens[forced]
-        if DEFAULT_TARGET not in target_languages(net):
-            raise ConfigError(f"{net.source}: name the target language with --target-lang "
-                              f"({' '.join(target_languages(net))})")  # fmt: skip
+        if DEFAULT_TARGET not in trained:
+            raise ConfigError(f"{net.source}: name the target language with --target-lang ({' '.join(trained)})")
         target_lang = DEFAULT_TARGET
-    trained = target_languages(net)
     only = f"{net.source} was fine-tuned to translate into {', '.join(trained)} only"
     try:
         i = tok.lang_id(target_lang)
