@@ -17,6 +17,7 @@ frames, K negatives, L target tokens of the whole batch):
     CTC:
         targets: (L,) long, concatenated     target_lens: (B,) long      texts: list[str]
         time_mask: (B, T) bool or None       channel_mask: (B, D) bool or None
+        keys: list of B (split, index), the utterances whose whole audio the batch holds (the feature cache's)
     classification:
         labels: (B,) long                    time_mask, channel_mask: as for CTC
 

@@ -22,6 +22,7 @@ from ..training.initialize import init_from
 from ..training.logging import log
 from ..training.masking import compute_mask
 from ..training.trainer import Task
+from .feature_cache import FeatureCache
 
 
 @dataclass
@@ -40,6 +41,9 @@ class FinetuneConfig(TrainConfig):
     save_interval_updates: int = 500
     freeze_finetune_updates: int = 10_000  # only the new head trains for this many updates
     freeze_feature_encoder: bool = True  # fairseq feature_grad_mult 0.0; transformers freeze_feature_encoder()
+    # a frozen feature encoder's output is computed once per utterance and kept, in CPU memory, up to this size
+    # (CTC and translation; the same result bit for bit: finetuning/feature_cache.py); 0: computed every time
+    feature_cache_gb: float = 4.0
     apply_mask: bool = True  # SpecAugment-style time and channel masking in training
     mask_prob: float = 0.75  # time masking (replaced by the learned mask embedding)
     mask_length: int = 10  # frames per time span
@@ -102,19 +106,35 @@ def frozen_context(cfg: FinetuneConfig, update: int):
     return torch.no_grad() if encoder_frozen(cfg, update) else contextlib.nullcontext()
 
 
-def encode_batch(model: Wav2Vec2Model, batch: dict, cfg: FinetuneConfig, update: int) -> EncoderOutput:
-    """The encoder over a fine-tuning batch (audio, audio_lens, time_mask, channel_mask), frozen as the
-    schedule says; the head is the task's (it always trains)."""
+def encode_batch(
+    model: Wav2Vec2Model,
+    batch: dict,
+    cfg: FinetuneConfig,
+    update: int,
+    cache: FeatureCache | None = None,
+    feature_grad_mult: float | None = None,
+) -> EncoderOutput:
+    """The encoder over a fine-tuning batch (audio, audio_lens, time_mask, channel_mask; `keys` where it holds
+    whole utterances), frozen as the schedule says, the frozen feature encoder's output from `cache` where it
+    can be; the head is the task's (it always trains). `feature_grad_mult`: None, 0 if `freeze_feature_encoder`
+    else 1."""
     device = next(model.parameters()).device
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    if feature_grad_mult is None:
+        feature_grad_mult = 0.0 if cfg.freeze_feature_encoder else 1.0
+    audio, lengths = move(batch["audio"]), move(batch["audio_lens"])
+    features = None
+    if cache is not None and cache.usable(model, batch):
+        features = cache.features(model, audio, lengths, batch["keys"])
     with frozen_context(cfg, update):
         return model.encode(
-            move(batch["audio"]),
-            move(batch["audio_lens"]),
+            audio,
+            lengths,
             time_mask=move(batch["time_mask"]),
             channel_mask=move(batch["channel_mask"]),
-            feature_grad_mult=0.0 if cfg.freeze_feature_encoder else 1.0,
+            feature_grad_mult=feature_grad_mult,
             return_hidden_states=model.cfg.use_weighted_layer_sum,
+            features=features,
         )
 
 
@@ -126,6 +146,7 @@ class FinetuneTask(Task):
     def __init__(self, cfg: FinetuneConfig, train, valid, init: str):
         super().__init__(cfg, train, valid)
         self.init = init
+        self.feature_cache = FeatureCache(cfg.feature_cache_gb)
 
     def before_update(self, model: Wav2Vec2Model, update: int) -> None:
         """Which blocks layer drop skips follows (seed, update): the same on every process, and after a resume."""

@@ -37,6 +37,7 @@ from ..training.logging import log
 from ..training.masking import batch_generator
 from ..training.trainer import StepOutput, Trainer
 from .common import FinetuneConfig, FinetuneTask, build_finetune_model, encode_batch, spec_augment
+from .feature_cache import whole_utterances
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 DELIMITERS = ("|", "▁", "¦", "\u2423")  # the first that is not a character of the transcripts
@@ -210,11 +211,12 @@ class CTCTask(FinetuneTask):
             "channel_mask": channel_mask,
             "sample_size": len(items) if cfg.sentence_avg else int(target_lens.sum()),
             "audio_seconds": float(lengths.sum()) / self.sample_rate,
+            "keys": whole_utterances(items),
         }
 
     def forward(self, model: Wav2Vec2Model, batch: dict, update: int) -> StepOutput:
         cfg: CTCConfig = self.cfg
-        out = encode_batch(model, batch, cfg, update)
+        out = encode_batch(model, batch, cfg, update, self.feature_cache)
         device = out.x.device
         log_probs = model.head(out.x).float().log_softmax(-1)  # float32 even under autocast: no fp16 overflow
         B, T, _ = log_probs.shape

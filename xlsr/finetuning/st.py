@@ -58,7 +58,8 @@ from ..training.logging import log
 from ..training.masking import batch_generator
 from ..training.trainer import StepOutput, Trainer
 from ..translation_metrics import scores, sentence_stats
-from .common import FinetuneConfig, FinetuneTask, frozen_context, spec_augment
+from .common import FinetuneConfig, FinetuneTask, encode_batch, spec_augment
+from .feature_cache import whole_utterances
 
 SPM_FILE = "spm.model"  # a new vocabulary's sentencepiece model, kept in the output directory for resuming
 ADAPTER_KEYS = ("adaptor_n_layers", "adaptor_kernel_size", "adaptor_stride")
@@ -453,7 +454,8 @@ class STTask(FinetuneTask):
     def collate(self, items: list[dict]) -> dict:
         """Items -> audio (B, S), audio_lens (B,), prev_tokens and target (B, L) long (`<pad>` after each end),
         tags (B,) long, texts (the reference translations), time_mask (B, T) and channel_mask (B, D_enc) bool or
-        None, layerdrop_seed (training batches: from seed, epoch and the batch's utterances, as the masks)."""
+        None, layerdrop_seed (training batches: from seed, epoch and the batch's utterances, as the masks), keys
+        (the utterances, whole: finetuning/feature_cache.py)."""
         cfg: STConfig = self.cfg
         mcfg = self.model_cfg
         split = "train" if items[0]["training"] else "valid"
@@ -486,6 +488,7 @@ class STTask(FinetuneTask):
             "layerdrop_seed": layerdrop_seed,
             "sample_size": len(items) if cfg.sentence_avg else tokens,
             "audio_seconds": float(lengths.sum()) / self.sample_rate,
+            "keys": whole_utterances(items),
         }
 
     # -- the loss and validation ------------------------------------------------------------------
@@ -503,9 +506,7 @@ class STTask(FinetuneTask):
             model.decoder.layerdrop_generator = torch.Generator().manual_seed(seed + 1)
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         grad_mult = 0.0 if cfg.freeze_feature_encoder else cfg.feature_grad_mult
-        with frozen_context(cfg, update):
-            out = model.encoder.encode(move(batch["audio"]), move(batch["audio_lens"]), move(batch["time_mask"]),
-                                       move(batch["channel_mask"]), feature_grad_mult=grad_mult)  # fmt: skip
+        out = encode_batch(model.encoder, batch, cfg, update, self.feature_cache, grad_mult)
         memory, padding = model.adapt(out.x, out.lengths)
         logits = model.decoder(move(batch["prev_tokens"]), memory, padding)  # (B, L, V)
         p = cfg.ignore_prefix_size

@@ -99,6 +99,7 @@ class Wav2Vec2Model(nn.Module):
         num_layers: int | None = None,
         feature_grad_mult: float = 1.0,
         return_hidden_states: bool = False,
+        features: Tensor | None = None,
     ) -> EncoderOutput:
         """waveforms: (B, S) float, already normalised as the model's preprocessing says;
         lengths: (B,) long valid samples (None: nothing is padded);
@@ -106,9 +107,13 @@ class Wav2Vec2Model(nn.Module):
         channel_mask: (B, D) bool, True = zero this channel in every frame (SpecAugment);
         num_layers: stop after this many blocks (see `TransformerEncoder.forward`);
         return_hidden_states: keep every block's output in `hidden_states` (else it is empty);
-        feature_grad_mult: gradient scale into the feature encoder (0 freezes it; fairseq `feature_grad_mult`).
+        feature_grad_mult: gradient scale into the feature encoder (0 freezes it; fairseq `feature_grad_mult`);
+        features: (B, T, C) the feature encoder's output for `waveforms`, computed before (a frozen feature
+            encoder's, kept across epochs: finetuning/feature_cache.py); the feature encoder then does not run.
         """
-        if feature_grad_mult > 0 or not torch.is_grad_enabled():
+        if features is not None:
+            frame_lengths = None if lengths is None else self.feature_encoder.output_lengths(lengths)
+        elif feature_grad_mult > 0 or not torch.is_grad_enabled():
             features, frame_lengths = self.feature_encoder(waveforms, lengths)
             if feature_grad_mult != 1.0 and features.requires_grad:
                 features = GradMultiply.apply(features, feature_grad_mult)
