@@ -1,8 +1,10 @@
 """Speech translation at toy scale: four languages -> English, from the reference pretrained encoder, on a CPU.
 
-    python recipes/translation.py [--work DIR] [--install]
+    python recipes/translation.py [--work DIR] [--encoder MODEL] [--install]
 
-1. encoder   the reference recipe's synth and pretraining stages (recipes/reference_model.py; reused when done)
+1. encoder   the reference recipe's synth and pretraining stages (recipes/reference_model.py; reused when done),
+             or --encoder: recipes/results/reference_pretrained is that stage's model as the reference recipe
+             shipped it (float32: the same start, bit for bit, without the stage's 34 minutes)
 2. synth     a parallel corpus (`xlsr synth --parallel`): de, es, fr and it clips saying UDHR sentences, with
              their English translations; split by paragraph, so the test sentences are never trained on
 3. voices    the training clips said by two of espeak-ng's twelve voice variants (VOICES_HELD_OUT) leave the
@@ -109,11 +111,14 @@ def baseline(corpus: Path, manifest: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="work/reference", help="the reference recipe's work folder")
+    p.add_argument("--encoder", help="the pretrained encoder to start from (default: the reference recipe's "
+                   "pretraining in --work, run when missing; recipes/results/reference_pretrained is its shipped "
+                   "output)")  # fmt: skip
     p.add_argument("--install", action="store_true", help="copy the model and example clips into the package")
     args = p.parse_args()
     work = Path(args.work)
     started = time.perf_counter()
-    encoder = ref.pretrained_encoder(work)
+    encoder = args.encoder or ref.pretrained_encoder(work)
     out = work / "translation"
     corpus = out / "corpus"
     ref.stage("synth (parallel)", corpus / "test.tsv",

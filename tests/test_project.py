@@ -20,3 +20,25 @@ def test_the_readme_first_command_runs_the_bundled_models_on_the_examples():
                           " && xlsr translate examples/translation/*.wav")  # fmt: skip
     assert (ROOT / "examples" / "examples.tsv").exists()
     assert (ROOT / "examples" / "translation" / "translation.tsv").exists()
+
+
+def test_the_two_slow_jobs_run_every_slow_test_once():
+    """.ci/slow and .ci/slow-tasks: each a pytest over a marker expression; together every test marked slow
+    (none left to no job, none run twice), and each job holds some."""
+    import re
+    import subprocess
+    import sys
+
+    def collected(expression: str) -> set[str]:
+        args = [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", "-m", expression]
+        run = subprocess.run([*args, str(ROOT / "tests")], capture_output=True, text=True, cwd=ROOT)
+        return {line for line in run.stdout.splitlines() if "::" in line}
+
+    jobs = {}
+    for name in ("slow", "slow-tasks"):
+        script = (ROOT / ".ci" / name).read_text()
+        (expression,) = re.findall(r"python -m pytest -q -m '([^']+)'$", script, re.M)
+        jobs[name] = collected(expression)
+    every = collected("slow")
+    assert all(jobs.values()) and not (jobs["slow"] & jobs["slow-tasks"])
+    assert jobs["slow"] | jobs["slow-tasks"] == every and len(every) >= 4

@@ -1,5 +1,10 @@
-"""The CPU recipes, end to end (slow: about 80 minutes on 2 cores; `.ci/slow` runs them), and the reading of
-their result tables (fast: part of the default suite).
+"""The CPU recipes, end to end (slow: two CI jobs of about an hour each on 2 cores), and the reading of their
+result tables (fast: part of the default suite).
+
+`.ci/slow` runs the reference recipe (corpus, pretraining, CTC, language ID) and the pretrained-vs-random
+comparison on its pretraining; `.ci/slow-tasks` (the tests also marked `tasks`) the recipes built on the
+reference models as shipped: speech translation from recipes/results/reference_pretrained (the reference
+pretraining's output) and speaker ID from the bundled ASR model.
 
 They check the issues' learning claims on espeak-ng speech: pretraining reaches a contrastive accuracy well
 above chance with a healthy codebook; CTC fine-tuning transcribes held-out phrases with a CER well below 50%;
@@ -25,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "recipes" / "results" / "reference_model.md"
 CER, WER, LID = "CER %", "WER %", "language ID accuracy %"
 SID_RESULTS = ROOT / "recipes" / "results" / "speaker_id.md"
+PRETRAINED = ROOT / "recipes" / "results" / "reference_pretrained"  # the reference pretraining's output
 SID = "accuracy %"
 ST_RESULTS = ROOT / "recipes" / "results" / "translation.md"
 HELD_OUT, VOICES = "pair (held-out sentences)", "pair (held-out voices)"
@@ -198,6 +204,22 @@ def test_the_readme_shows_the_translation_tables_and_they_pass_their_checks():
         check_translation_figures(swapped, shipped)
 
 
+def test_the_shipped_reference_pretraining_is_a_float32_small_model_with_its_quantizer():
+    """recipes/results/reference_pretrained: the translation recipe's start (the reference pretraining's output),
+    kept in float32 so that starting from it is starting from the stage's checkpoint, bit for bit."""
+    from xlsr.checkpoints import load_model
+    from xlsr.config import preset
+
+    model = load_model(PRETRAINED)
+    small = preset("small")
+    assert model.cfg.head == "pretraining" and model.cfg.quantize_targets
+    assert (model.cfg.encoder_layers, model.cfg.encoder_embed_dim) == (small.encoder_layers, small.encoder_embed_dim)
+    import safetensors
+
+    with safetensors.safe_open(PRETRAINED / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+
+
 def test_under_ci_a_skip_for_a_missing_tool_fails(tmp_path, monkeypatch):
     """tests/conftest.py's hook, in a pytest of its own: with CI set and espeak-ng off PATH, the skips that
     name espeak-ng fail, any other skip stays a skip; without CI (or CI=false) nothing is turned into a failure."""
@@ -273,6 +295,7 @@ def test_a_pretrained_start_beats_a_random_one(reference):
 
 
 @pytest.mark.slow
+@pytest.mark.tasks
 @needs_tool("espeak-ng")
 @pytest.mark.timeout(20 * 60)
 def test_the_speaker_id_recipe_reproduces_its_figures(tmp_path):
@@ -283,12 +306,12 @@ def test_the_speaker_id_recipe_reproduces_its_figures(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.tasks
 @needs_tool("espeak-ng")
-@pytest.mark.timeout(110 * 60)
-def test_the_translation_recipe_reproduces_its_figures(reference):
-    """recipes/translation.py from the reference recipe's pretraining (its corpus, the four runs, the tables)."""
-    work, _ = reference
-    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "translation.py"), "--work", str(work)],
-                         capture_output=True, text=True, timeout=100 * 60)  # fmt: skip
+@pytest.mark.timeout(75 * 60)
+def test_the_translation_recipe_reproduces_its_figures(tmp_path):
+    """recipes/translation.py from the reference pretraining as shipped (its corpus, the four runs, the tables)."""
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "translation.py"), "--work", str(tmp_path),
+                          "--encoder", str(PRETRAINED)], capture_output=True, text=True, timeout=70 * 60)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     check_translation_figures(run.stdout, ST_RESULTS.read_text())
