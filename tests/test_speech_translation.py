@@ -505,6 +505,10 @@ def test_legacy_directory_with_generation_values_in_config_json(hf_pair, tmp_pat
     ref = SpeechEncoderDecoderModel.from_pretrained(legacy).generation_config
     assert (ref.decoder_start_token_id, ref.forced_bos_token_id, ref.max_length, ref.num_beams) == (2, 9, 40, 5)
     assert gen == GenerationDefaults(decoder_start_token_id=2, forced_bos_token_id=9, max_length=40, num_beams=5)
+    config["target_languages"] = "en_XX"  # a bad value is named with the file it is in: config.json here
+    (legacy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"legacy/config\.json: target_languages must be a list"):
+        load_hf_st_dir(legacy)
 
 
 def test_pytorch_model_bin_directory(hf_pair, tmp_path):

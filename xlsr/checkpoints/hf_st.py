@@ -218,7 +218,7 @@ def read_generation(path: Path, hf: dict[str, Any], cfg: SpeechTranslationConfig
         forced_bos_token_id=value("forced_bos_token_id"),
         max_length=value("max_length"),
         num_beams=value("num_beams") or 1,
-        target_languages=_codes(value("target_languages"), gen_file),
+        target_languages=_codes(value("target_languages"), gen_file if gen_file.exists() else path / "config.json"),
     )
 
 
