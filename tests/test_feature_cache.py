@@ -12,11 +12,14 @@ from conftest import speechlike
 from xlsr.checkpoints import init
 from xlsr.checkpoints.io import safe_torch_load
 from xlsr.config import preset
-from xlsr.finetuning.ctc import finetune_ctc
+from xlsr.errors import ConfigError
+from xlsr.finetuning.classify import ClassifyConfig
+from xlsr.finetuning.ctc import CTCConfig, finetune_ctc
 from xlsr.finetuning.feature_cache import FeatureCache
-from xlsr.finetuning.st import finetune_st
+from xlsr.finetuning.st import STConfig, finetune_st
 from xlsr.models import Wav2Vec2Model
 from xlsr.models.feature_encoder import FeatureEncoder
+from xlsr.training.config import build_config
 
 WORDS = ["ba", "di", "ku", "lo", "me", "na", "pi", "ro", "su", "ta"]
 # dropout and masking on: the cached run must draw the same random numbers as the uncached one
@@ -150,3 +153,16 @@ def test_a_frozen_translation_encoder_keeps_its_features_and_training_is_bit_ide
     log = lambda out: [line for line in (out / "log.jsonl").read_text().splitlines() if '"valid"' in line]  # noqa: E731
     strip = lambda lines: [line.split(', "elapsed')[0] for line in lines]  # noqa: E731
     assert strip(log(tmp_path / "cached")) == strip(log(tmp_path / "uncached"))
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan"])
+def test_feature_cache_gb_belongs_to_ctc_and_translation_and_is_0_or_more(bad):
+    for Config in (CTCConfig, STConfig):
+        assert build_config(Config, None, ["feature_cache_gb=0.5"]).feature_cache_gb == 0.5
+        build_config(Config, None, ["feature_cache_gb=0"]).check()
+        with pytest.raises(ConfigError) as e:
+            build_config(Config, None, [f"feature_cache_gb={bad}"]).check()  # the trainer's check, before loading
+        assert str(e.value) == f"feature_cache_gb must be 0 (no feature cache) or a size in GB, got {float(bad)}"
+    # classification takes new crops every epoch: it never uses the cache, so it has no such option
+    with pytest.raises(ConfigError, match="unknown config keys: feature_cache_gb"):
+        build_config(ClassifyConfig, None, ["feature_cache_gb=1"])

@@ -41,9 +41,6 @@ class FinetuneConfig(TrainConfig):
     save_interval_updates: int = 500
     freeze_finetune_updates: int = 10_000  # only the new head trains for this many updates
     freeze_feature_encoder: bool = True  # fairseq feature_grad_mult 0.0; transformers freeze_feature_encoder()
-    # a frozen feature encoder's output is computed once per utterance and kept, in CPU memory, up to this size
-    # (CTC and translation; the same result bit for bit: finetuning/feature_cache.py); 0: computed every time
-    feature_cache_gb: float = 4.0
     apply_mask: bool = True  # SpecAugment-style time and channel masking in training
     mask_prob: float = 0.75  # time masking (replaced by the learned mask embedding)
     mask_length: int = 10  # frames per time span
@@ -146,7 +143,8 @@ class FinetuneTask(Task):
     def __init__(self, cfg: FinetuneConfig, train, valid, init: str):
         super().__init__(cfg, train, valid)
         self.init = init
-        self.feature_cache = FeatureCache(cfg.feature_cache_gb)
+        # the tasks whose batches are whole utterances (CTC, translation) keep a frozen feature encoder's output
+        self.feature_cache: FeatureCache | None = None
 
     def before_update(self, model: Wav2Vec2Model, update: int) -> None:
         """Which blocks layer drop skips follows (seed, update): the same on every process, and after a resume."""

@@ -37,7 +37,7 @@ from ..training.logging import log
 from ..training.masking import batch_generator
 from ..training.trainer import StepOutput, Trainer
 from .common import FinetuneConfig, FinetuneTask, build_finetune_model, encode_batch, spec_augment
-from .feature_cache import whole_utterances
+from .feature_cache import FeatureCache, check_cache_size, whole_utterances
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 DELIMITERS = ("|", "▁", "¦", "\u2423")  # the first that is not a character of the transcripts
@@ -52,6 +52,13 @@ class CTCConfig(FinetuneConfig):
     best_checkpoint_metric: Literal["wer", "cer", "loss"] = "wer"  # fairseq's name: the figure that picks DIR/best
     new_vocab: bool = False  # a vocabulary from the training transcripts (and a new head) even if --init is CTC
     text_column: str | None = None  # the transcripts' column (default: text, else sentence or transcription)
+    # a frozen feature encoder's output is computed once per utterance and kept, in CPU memory, up to this size
+    # (the same result bit for bit: finetuning/feature_cache.py); 0: computed every time
+    feature_cache_gb: float = 4.0
+
+    def check(self) -> None:
+        super().check()
+        check_cache_size(self.feature_cache_gb)
 
     def normalization(self) -> TextNormalization:
         return TextNormalization(lowercase=self.lowercase, remove_punctuation=self.remove_punctuation)
@@ -84,6 +91,7 @@ class CTCTask(FinetuneTask):
 
     def __init__(self, cfg: CTCConfig, train, valid, init: str, vocab: str | None = None):
         super().__init__(cfg, train, valid, init)
+        self.feature_cache = FeatureCache(cfg.feature_cache_gb)
         if vocab and cfg.new_vocab:
             raise ConfigError("new_vocab=true builds the vocabulary from the training transcripts: drop --vocab")
         self.best_metric = cfg.best_checkpoint_metric

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..models import Wav2Vec2Model
 from ..training.logging import log
 
@@ -32,8 +33,15 @@ def whole_utterances(items: list[dict]) -> list[Key]:
     return [("train" if it["training"] else "valid", it["index"]) for it in items]
 
 
+def check_cache_size(max_gb: float) -> None:
+    """A config's `feature_cache_gb`: 0 (off) or more."""
+    if not max_gb >= 0:  # NaN too
+        raise ConfigError(f"feature_cache_gb must be 0 (no feature cache) or a size in GB, got {max_gb}")
+
+
 class FeatureCache:
     def __init__(self, max_gb: float):
+        check_cache_size(max_gb)
         self.max_bytes = int(max_gb * 2**30)
         self.store: dict[Key, Tensor] = {}
         self.bytes = 0

@@ -59,7 +59,7 @@ from ..training.masking import batch_generator
 from ..training.trainer import StepOutput, Trainer
 from ..translation_metrics import scores, sentence_stats
 from .common import FinetuneConfig, FinetuneTask, encode_batch, spec_augment
-from .feature_cache import whole_utterances
+from .feature_cache import FeatureCache, check_cache_size, whole_utterances
 
 SPM_FILE = "spm.model"  # a new vocabulary's sentencepiece model, kept in the output directory for resuming
 ADAPTER_KEYS = ("adaptor_n_layers", "adaptor_kernel_size", "adaptor_stride")
@@ -77,6 +77,9 @@ class STConfig(FinetuneConfig):
     feature_grad_mult: float = 0.1  # gradient scale into the feature encoder (xm_transformer base_architecture)
     freeze_feature_encoder: bool = False  # true: no gradient into the feature encoder at all (feature_grad_mult 0)
     freeze_finetune_updates: int = 0  # the encoder takes no gradient for this many updates (fairseq's default 0)
+    # a frozen feature encoder's output (freeze_feature_encoder, or a finetune_w2v_params that leaves it out) is
+    # computed once per utterance and kept, in CPU memory, up to this size (finetuning/feature_cache.py); 0: off
+    feature_cache_gb: float = 4.0
     # a new model's adapter (fairseq Conv1dAdaptor; xm_transformer base_architecture)
     adaptor_n_layers: int = 3  # conv layers, each halving the frame rate
     adaptor_kernel_size: int = 3  # 3 only: what transformers' Wav2Vec2Adapter can represent
@@ -130,6 +133,7 @@ class STConfig(FinetuneConfig):
             raise ConfigError(f"ignore_prefix_size must be 0 or 1 (the language tag), got {self.ignore_prefix_size}")
         if self.valid_beam_size < 1:
             raise ConfigError(f"valid_beam_size must be at least 1, got {self.valid_beam_size}")
+        check_cache_size(self.feature_cache_gb)
 
     def decoder_changes(self) -> dict[str, Any]:
         """The decoder's regularisation, as SpeechTranslationConfig changes."""
@@ -260,6 +264,7 @@ class STTask(FinetuneTask):
 
     def __init__(self, cfg: STConfig, train, valid, init: str, decoder: str | Path | None = None, out=None):
         super().__init__(cfg, train, valid, init)
+        self.feature_cache = FeatureCache(cfg.feature_cache_gb)
         self.decoder_path, self.out = decoder, None if out is None else Path(out)
         self.best_metric = cfg.best_checkpoint_metric
         self.maximize = cfg.best_checkpoint_metric != "loss"
