@@ -69,6 +69,20 @@ def test_every_option_is_an_argument_of_the_function_with_the_same_default(comma
             assert default is None or action.option_strings == [], f"{command} --{name}: Python default {default!r}"
 
 
+# Python arguments that no command line can give (objects, callbacks), each with why
+PYTHON_ONLY = {
+    ("evaluate", "normalization"): "a TextNormalization object (the CLI scores with the default normalisation)",
+    ("transcribe", "on_result"): "a callback called with each file's result as soon as it is done",
+}
+
+
+@pytest.mark.parametrize("command", sorted(FUNCTIONS))
+def test_every_argument_of_the_function_is_an_option_of_the_command(command):
+    dests = {RENAMED.get((command, a.dest), a.dest) for a in subcommands()[command]._actions}
+    for name in inspect.signature(FUNCTIONS[command]).parameters:
+        assert name in dests or (command, name) in PYTHON_ONLY, f"xlsr.{command}({name}=...): no option of {command}"
+
+
 def test_public_functions_stay_callable_after_their_modules_are_imported():
     code = (
         "import importlib, xlsr\n"

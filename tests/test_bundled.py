@@ -64,6 +64,11 @@ def test_the_first_command_needs_no_model_argument(capsys):
     path, *top = capsys.readouterr().out.splitlines()[0].split("\t")  # path, then "label probability" x top-k
     label, probability = top[0].split()
     assert path == clips[0] and len(top) == 3 and label == Path(clips[0]).stem and 0 < float(probability) <= 1
+    # several files: every line has the --top-k labels, not only the first (a line's shape never depends on the count)
+    assert main(["identify", *clips[:3], "--top-k", "2", "--quiet"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [line[0] for line in lines] == clips[:3] and all(len(line) == 3 for line in lines)
+    assert all(line[1].split()[0] == Path(line[0]).stem for line in lines)
 
 
 # --- the bundled speech-translation model (recipes/translation.py) ---------------------------------------

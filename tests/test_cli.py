@@ -43,7 +43,8 @@ def test_features_one_file_many_files_and_layers(tiny_model, tmp_path, capsys):
         sf.write(tmp_path / f"u{i}.wav", speechlike(seconds, seed=i), 16000)
     assert main(["features", str(tiny_model), str(tmp_path / "u0.wav"), "--out", str(tmp_path / "one.npy")]) == 0
     assert np.load(tmp_path / "one.npy").shape == (49, 32)  # 1 s = 49 frames of 20 ms (25 ms window)
-    assert main(["features", str(tiny_model), str(tmp_path), "--out", str(tmp_path / "feats"), "--layer", "0"]) == 0
+    feats = ["--output-dir", str(tmp_path / "feats"), "--layer", "0"]
+    assert main(["features", str(tiny_model), str(tmp_path), *feats]) == 0
     assert np.load(tmp_path / "feats" / "u1.npy").shape == (24, 32)
     assert not np.allclose(np.load(tmp_path / "feats" / "u0.npy"), np.load(tmp_path / "one.npy"))
 
@@ -79,7 +80,7 @@ def test_features_bad_files_fail_alone_with_one_line_each(tiny_model, tmp_path, 
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "text.wav").write_text("hello")
     args = [str(tmp_path / n) for n in ("good.wav", "empty.wav", "text.wav", "missing.wav")]
-    code = main(["features", str(tiny_model), *args, "--out", str(tmp_path / "out"), "--quiet"])
+    code = main(["features", str(tiny_model), *args, "--output-dir", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert (tmp_path / "out" / "good.npy").exists()
@@ -94,8 +95,8 @@ def test_features_bad_files_fail_alone_with_one_line_each(tiny_model, tmp_path, 
     [
         (["info", "no/such/model"], "no/such/model: no such file or directory"),
         (["init", "{out}", "--preset", "xlsr-3b"], "unknown preset 'xlsr-3b'"),
-        (["features", "{model}", "x.wav", "--out", "o.npy", "--layer", "9"], "--layer must be between 0 and 2"),
-        (["features", "{model}", "x.wav", "--out", "o.npy", "--device", "cuda:0"], "cuda"),
+        (["features", "{model}", "x.wav", "--output-dir", "o", "--layer", "9"], "--layer must be between 0 and 2"),
+        (["features", "{model}", "x.wav", "--output-dir", "o", "--device", "cuda:0"], "cuda"),
     ],
 )
 def test_user_errors_are_one_line(argv, message, tiny_model, tmp_path, capsys):
@@ -105,6 +106,44 @@ def test_user_errors_are_one_line(argv, message, tiny_model, tmp_path, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("xlsr: error: ") and message in err
+
+
+def test_features_and_translate_read_a_manifest_by_its_audio_column(tiny_model, tmp_path):
+    sf.write(tmp_path / "u.wav", speechlike(1.0, seed=0), 16000)
+    (tmp_path / "m.tsv").write_text("wav\ttext\nu.wav\ta\n")
+    args = ["features", "--model", str(tiny_model), str(tmp_path / "m.tsv"), "--output-dir", str(tmp_path / "f")]
+    assert main(args) == 1  # no `path` or `audio` column
+    assert main([*args, "--audio-column", "wav"]) == 0
+    assert [p.name for p in (tmp_path / "f").iterdir()] == ["u.npy"]
+    assert main(["translate", str(tmp_path / "m.tsv"), "--audio-column", "wav", "--output-dir", str(tmp_path / "t"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert [p.name for p in (tmp_path / "t").iterdir()] == ["u.txt"]
+
+
+def test_every_old_spelling_still_works_and_names_its_new_one_in_one_line(tiny_model, tmp_path, capsys):
+    sf.write(tmp_path / "u.wav", speechlike(1.0, seed=0), 16000)
+    assert main(["features", "--model", str(tiny_model), str(tmp_path / "u.wav"), "--out", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f" / "u.npy").exists()
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "xlsr: warning: features(out=...) / --out is now output_dir / --output-dir"
+    )
+    (tmp_path / "m.tsv").write_text(f"path\ttext\n{tmp_path / 'u.wav'}\ta\n")
+    assert main(["evaluate", str(tmp_path / "m.tsv"), "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["overall"]["utterances"] == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "xlsr: warning: evaluate(json_path=...) / --json PATH is now output_dir / --output-dir DIR (writes "
+        "DIR/report.json)"
+    ]
+    missing = ["--train", str(tmp_path / "none.tsv"), "--valid", str(tmp_path / "none.tsv")]
+    finetune = (["finetune", task, "--init", str(tiny_model)] for task in ("ctc", "classify", "st"))
+    for command in (["pretrain"], *finetune):
+        assert main([*command, *missing, "--out", str(tmp_path / "run")]) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert err[0] == "xlsr: warning: --out is now --output-dir" and len(err) == 2, (command, err)
+        assert err[1].startswith("xlsr: error: ") and "none.tsv" in err[1], (command, err)
+        with pytest.raises(SystemExit) as e:
+            main([*command, *missing])
+        assert e.value.code == 2 and "one of the arguments --output-dir is required" in capsys.readouterr().err
 
 
 def test_module_entry_point_and_help():

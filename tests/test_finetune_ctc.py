@@ -188,12 +188,12 @@ def test_two_processes_fine_tune_the_same_model_as_one(corpus, tmp_path):
               str(corpus / "valid.tsv"), "--quiet", "--set", *QUIET, "freeze_finetune_updates=1", "max_update=3",
               "max_tokens=60000"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "xlsr", *common, "update_freq=2", "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "xlsr", *common, "update_freq=2", "--output-dir", tmp_path / "one"],
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
               str(29700 + os.getpid() % 1000), "-m", "xlsr"]  # fmt: skip
-    two = subprocess.run([*launch, *common, "update_freq=1", "--out", str(tmp_path / "two")], capture_output=True,
+    two = subprocess.run([*launch, *common, "update_freq=1", "--output-dir", tmp_path / "two"], capture_output=True,
                          text=True, env=env, timeout=300)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (safe_torch_load(tmp_path / d / "checkpoints" / "checkpoint_last.pt") for d in ("one", "two"))

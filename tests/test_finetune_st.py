@@ -178,12 +178,12 @@ def test_two_processes_fine_tune_the_same_model_as_one_with_update_freq_2(corpus
               "validate_interval_updates=3", "layerdrop=0.3", "decoder_layerdrop=0.3"]  # fmt: skip
     # max_tokens 26000: 2 batches an epoch (an odd number would leave one out of each process's share)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "xlsr", *common, "update_freq=2", "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "xlsr", *common, "update_freq=2", "--output-dir", tmp_path / "one"],
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
               str(29800 + os.getpid() % 1000), "-m", "xlsr"]  # fmt: skip
-    two = subprocess.run([*launch, *common, "update_freq=1", "--out", str(tmp_path / "two")], capture_output=True,
+    two = subprocess.run([*launch, *common, "update_freq=1", "--output-dir", tmp_path / "two"], capture_output=True,
                          text=True, env=env, timeout=300)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (safe_torch_load(tmp_path / d / "checkpoints" / "checkpoint_last.pt") for d in ("one", "two"))
@@ -202,12 +202,12 @@ def test_fsdp_shards_the_decoder_layers_too_and_validates_with_beam_search(corpu
               str(corpus / "valid.tsv"), "--quiet", "--set", *TINY, "max_update=3", "max_tokens=26000",
               "validate_interval_updates=3"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "xlsr", *common, "update_freq=2", "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "xlsr", *common, "update_freq=2", "--output-dir", tmp_path / "one"],
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
               str(28800 + os.getpid() % 1000), "-m", "xlsr"]  # fmt: skip
-    two = subprocess.run([*launch, *common, "update_freq=1", "fsdp=true", "--out", str(tmp_path / "two")],
+    two = subprocess.run([*launch, *common, "update_freq=1", "fsdp=true", "--output-dir", tmp_path / "two"],
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (safe_torch_load(tmp_path / d / "checkpoints" / "checkpoint_last.pt") for d in ("one", "two"))
@@ -372,7 +372,7 @@ def test_bad_input_is_named_in_one_line(corpus, tmp_path, caplog):
 
 def test_the_command_line_runs_under_bf16_with_activation_checkpointing(corpus, tmp_path, capsys):
     code = main(["finetune", "st", "--init", str(corpus / "init"), "--train", str(corpus / "train.tsv"), "--valid",
-                 str(corpus / "valid.tsv"), "--out", str(tmp_path / "cli"), "--quiet", "--set", *TINY,
+                 str(corpus / "valid.tsv"), "--output-dir", str(tmp_path / "cli"), "--quiet", "--set", *TINY,
                  "max_update=2", "valid_beam_size=1", "precision=bf16", "checkpoint_activations=true"])  # fmt: skip
     assert code == 0 and "done: 2 updates; best validation score" in capsys.readouterr().out
     assert (tmp_path / "cli" / "best" / "model.safetensors").exists()

@@ -42,3 +42,18 @@ def test_the_two_slow_jobs_run_every_slow_test_once():
     every = collected("slow")
     assert all(jobs.values()) and not (jobs["slow"] & jobs["slow-tasks"])
     assert jobs["slow"] | jobs["slow-tasks"] == every and len(every) >= 4
+
+
+def test_readme_names_every_test_file_that_needs_a_system_tool():
+    """README's test set-up paragraph says which tests need each Debian package (`conftest.SYSTEM_TOOLS`)."""
+    import re
+
+    from conftest import SYSTEM_TOOLS
+
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("Install and run the tests", 1)[1].split("```", 1)[0]
+    for tool in SYSTEM_TOOLS:
+        users = {p.name for p in (ROOT / "tests").glob("test_*.py")
+                 if re.search(rf'(needs_tool|which)\("{tool}"\)', p.read_text())}  # fmt: skip
+        missing = sorted(name for name in users if f"tests/{name}" not in setup)
+        assert not missing, f"README's test set-up does not name {missing} as needing {tool}"

@@ -139,9 +139,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_losses(corpus, tmp_path):
         "validate_interval_updates=8",
         "model.encoder_layerdrop=0.3",
     ]
-    whole = run_cli([*args, "--out", str(tmp_path / "whole")])
+    whole = run_cli([*args, "--output-dir", str(tmp_path / "whole")])
     assert whole.wait(300) == 0, whole.stderr.read()
-    killed = run_cli([*args, "--out", str(tmp_path / "killed")])
+    killed = run_cli([*args, "--output-dir", str(tmp_path / "killed")])
     checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint_8.pt"
     deadline = time.time() + 300
     while not checkpoint.exists() and killed.poll() is None and time.time() < deadline:
@@ -150,7 +150,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_losses(corpus, tmp_path):
     killed.wait()
     state = safe_torch_load(tmp_path / "killed" / "checkpoints" / "checkpoint_last.pt")
     assert 8 <= state["update"] < 16, "the kill came too late to test resuming"
-    resumed = run_cli([*args, "--out", str(tmp_path / "killed")])
+    resumed = run_cli([*args, "--output-dir", str(tmp_path / "killed")])
     assert resumed.wait(300) == 0, resumed.stderr.read()
     a, b = records(tmp_path / "whole"), records(tmp_path / "killed")
     assert sorted(a) == sorted(b) == list(range(1, 17))
@@ -182,13 +182,13 @@ def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(co
         "save_interval_updates=3",
         "validate_interval_updates=100",
     ]
-    single = run_cli(["pretrain", *common, "update_freq=2", "--out", str(tmp_path / "one")])
+    single = run_cli(["pretrain", *common, "update_freq=2", "--output-dir", str(tmp_path / "one")])
     assert single.wait(300) == 0, single.stderr.read()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
               str(29500 + os.getpid() % 1000), "-m", "xlsr", "pretrain"]  # fmt: skip
     extra = ["fsdp=true"] if sharding == "fsdp" else []
-    ddp = subprocess.run([*launch, *common, "update_freq=1", *extra, "--out", str(tmp_path / "two")],
+    ddp = subprocess.run([*launch, *common, "update_freq=1", *extra, "--output-dir", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = (safe_torch_load(tmp_path / p / "checkpoints" / "checkpoint_last.pt") for p in ("one", "two"))
@@ -199,7 +199,7 @@ def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(co
     assert r2[3]["loss"] == pytest.approx(r1[3]["loss"], rel=1e-4)
     if sharding == "fsdp":  # and a sharded run resumes (its optimizer state is saved whole, restored sharded)
         more = subprocess.run(
-            [*launch, *common, "update_freq=1", *extra, "max_update=4", "--out", str(tmp_path / "two")],
+            [*launch, *common, "update_freq=1", *extra, "max_update=4", "--output-dir", str(tmp_path / "two")],
             capture_output=True,
             text=True,
             env=env,

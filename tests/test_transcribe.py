@@ -3,6 +3,7 @@ exact stitching of windows, output formats, timestamps, LM decoding, bad inputs,
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -154,6 +155,47 @@ def test_output_formats_and_timestamps(hf_ctc, tmp_path, capsys):
         lines = capsys.readouterr().out.strip().splitlines()
         assert [json.loads(line)["path"] for line in lines] == list(map(str, inputs))  # input order
     assert not list(tmp_path.glob(".*"))  # no temporaries
+
+
+def test_srt_vtt_tsv_on_stdout_take_one_audio_file_and_more_are_refused_before_any_work(
+    hf_ctc, tmp_path, capsys, monkeypatch
+):
+    model_dir, files = hf_ctc
+    assert main(["transcribe", "--model", str(model_dir), str(files[2]), "--format", "srt", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert main(["transcribe", "--model", str(model_dir), str(files[2]), "--format", "srt", "--output-dir",
+                 str(tmp_path), "--quiet"]) == 0  # fmt: skip
+    assert printed == (tmp_path / "utt2.srt").read_text() and printed.startswith("1\n00:00:0")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started")
+
+    for command, formats in (("transcribe", ["srt", "vtt", "tsv"]), ("identify", ["tsv"]), ("translate", ["srt"])):
+        monkeypatch.setattr(importlib.import_module(f"xlsr.{command}"), command, no_work)
+        for fmt in formats:
+            for inputs in (files[:2], [files[0].parent]):  # several files, a folder
+                assert main([command, *map(str, inputs), "--format", fmt, "--quiet"]) == 1
+                assert capsys.readouterr().err == (
+                    f"xlsr: error: --format {fmt} prints one audio file; for several, a folder or a data source "
+                    "give --output-dir (one file per input)\n"
+                )
+
+
+def test_audio_without_speech_is_an_empty_text_said_to_be_no_speech(hf_ctc, tmp_path, capsys):
+    model_dir, files = hf_ctc
+    sf.write(tmp_path / "silence.wav", np.zeros(3 * 16000, dtype=np.float32), 16000)
+    inputs = [str(tmp_path / "silence.wav"), str(files[2])]
+    text = transcribe(model_dir, [files[2]], quiet=True)[0].text
+    assert text  # the random model says something for speech-like audio, so an empty text means no speech
+    assert main(["transcribe", "--model", str(model_dir), *inputs]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [f"{inputs[0]}\t", f"{inputs[1]}\t{text}"]
+    assert f"xlsr: note: {inputs[0]}: no speech found (--no-speech-check processes it anyway)" in out.err.splitlines()
+    assert main(["transcribe", "--model", str(model_dir), *inputs, "--format", "json", "--quiet"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["text"], r["no_speech"]) for r in rows] == [("", True), (text, False)]
+    assert main(["transcribe", "--model", str(model_dir), inputs[0], "--no-speech-check", "--quiet"]) == 0
+    assert "no speech" not in capsys.readouterr().err
 
 
 def test_lm_decoding_outputs_only_lexicon_words(hf_ctc, tmp_path):

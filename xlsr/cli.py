@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 
 from . import __version__
-from .errors import ConfigError, XlsrError
+from .errors import ConfigError, OldSpelling, XlsrError
 
 MODEL_HELP = (
     "a Hugging Face model directory, a fairseq .pt checkpoint, an xlsr checkpoint, or a hub id "
@@ -105,8 +105,9 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .features import features
 
     model, audio = model_and_audio(args, "extracted")
+    names = WINDOW_OPTIONS + HARDWARE_OPTIONS + DATA_OPTIONS + ("skip_existing", "quiet")
     results = features(model, audio, output_dir=args.output_dir, layer=args.layer, pool=args.pool, out=args.out,
-                       **options(args, WINDOW_OPTIONS + HARDWARE_OPTIONS + ("skip_existing", "quiet")))  # fmt: skip
+                       **options(args, names))  # fmt: skip
     if not args.quiet:
         for r in results:
             if r.output:
@@ -115,10 +116,11 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from .driver import is_main_process, summarize
+    from .driver import check_stdout_format, is_main_process, summarize
     from .transcribe import print_transcripts, transcribe
 
     model, audio = model_and_audio(args, "transcribed")
+    check_stdout_format(args.format, args.output_dir, audio)
     names = OUTPUT_OPTIONS + SPEECH_OPTIONS + WINDOW_OPTIONS + CTC_OPTIONS + HARDWARE_OPTIONS + DATA_OPTIONS
     results = transcribe(model, audio, **options(args, names))
     if args.output_dir is None and is_main_process():
@@ -127,10 +129,11 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from .driver import is_main_process, summarize
+    from .driver import check_stdout_format, is_main_process, summarize
     from .identify import identify, print_identifications
 
     model, audio = model_and_audio(args, "identified")
+    check_stdout_format(args.format, args.output_dir, audio)
     names = OUTPUT_OPTIONS + SPEECH_OPTIONS + ("chunk_seconds", "batch_seconds") + HARDWARE_OPTIONS + DATA_OPTIONS
     results = identify(model, audio, top_k=args.top_k, **options(args, names))
     if args.output_dir is None and is_main_process():
@@ -139,11 +142,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from .driver import is_main_process, summarize
+    from .driver import check_stdout_format, is_main_process, summarize
     from .translate import print_translations, translate
 
     model, audio = model_and_audio(args, "translated")
+    check_stdout_format(args.format, args.output_dir, audio)
     names = OUTPUT_OPTIONS + GENERATION_OPTIONS + ("target_lang", "segment_seconds", "batch_seconds") + HARDWARE_OPTIONS
+    names += DATA_OPTIONS
     results = translate(model, audio, **options(args, names))
     if args.output_dir is None and is_main_process():
         print_translations(results, args.format)
@@ -163,8 +168,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(args.audio) > 2 or (len(args.audio) == 2 and args.model is not None):
         raise ConfigError("evaluate takes one manifest (and the model with --model)")
     model, manifest = (args.audio[0], args.audio[1]) if len(args.audio) == 2 else (args.model, args.audio[0])
-    if args.json_path:
-        warnings.warn("--json PATH is now --output-dir DIR (writes DIR/report.json)", FutureWarning, stacklevel=1)
     report = evaluate(model, manifest, output_dir=args.output_dir, json_path=args.json_path, plot=args.plot,
                       label_column=args.label_column, crops=args.crops, crop_seconds=args.crop_seconds, seed=args.seed,
                       text_column=args.text_column, audio_column=args.audio_column,
@@ -247,13 +250,27 @@ class _PrintConfig(argparse.Action):
         parser.exit()
 
 
+class _OldSpelling(argparse.Action):
+    """An option's old spelling: it stores its value as the new one does, with a warning naming the new one."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(f"{option_string} is now {self.new}", OldSpelling, stacklevel=1)
+        setattr(namespace, self.dest, values)
+
+
 def add_training_options(p: argparse.ArgumentParser, task: str, valid_required: bool = False) -> None:
     p.add_argument("--train", required=True, help=f"training data: {DATA_HELP} (a folder holding splits: its train)")
     p.add_argument("--valid", required=valid_required,
                    help="validation data, as --train (a folder holding splits: its validation, valid or "
                    "dev)")  # fmt: skip
-    p.add_argument("--output-dir", "--out", dest="out", required=True, metavar="DIR",
-                   help="output directory; re-running with the same one resumes")  # fmt: skip
+    out = p.add_mutually_exclusive_group(required=True)  # --output-dir, or its old spelling
+    out.add_argument("--output-dir", dest="out", metavar="DIR",
+                     help="output directory; re-running with the same one resumes")  # fmt: skip
+    out.add_argument("--out", dest="out", action=_OldSpelling, new="--output-dir", help=argparse.SUPPRESS)
     p.add_argument("--print-config", action=_PrintConfig, task=task,
                    help="print every key with its default and help (YAML for --config), and exit")  # fmt: skip
     p.add_argument("--config", help="YAML file of training options (keys as in the resolved config.yaml)")
@@ -376,6 +393,7 @@ def parse_features(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help=argparse.SUPPRESS)  # the old spelling of --output-dir (or a .npy for one input)
     add_windows(p, help_extra="; the Transformer sees one window at a time")
     add_hardware(p)
+    add_columns(p)
 
 
 def parse_transcribe(p: argparse.ArgumentParser) -> None:
@@ -421,6 +439,7 @@ def parse_translate(p: argparse.ArgumentParser) -> None:
                    help="cut longer recordings at pauses into segments of at most this long (default 30)")  # fmt: skip
     g.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (default 60)")
     add_hardware(p)
+    add_columns(p)
 
 
 def parse_evaluate(p: argparse.ArgumentParser) -> None:
@@ -702,8 +721,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Old spellings are one line from xlsr; other warnings keep Python's form."""
+    text = f"xlsr: warning: {message}\n" if issubclass(category, OldSpelling) else None
+    (file or sys.stderr).write(text or warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", OldSpelling)
+        warnings.showwarning = _one_line
+        return _run(build_parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except XlsrError as e:

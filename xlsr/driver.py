@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from .audio import audio_duration
 from .checkpoints.io import atomic_path
 from .data.manifest import AudioPath, Columns, Utterance, output_names
-from .data.sources import InputError, expand_inputs
+from .data.sources import InputError, expand_inputs, source_kind
 from .errors import ConfigError, XlsrError
 
 
@@ -156,6 +156,19 @@ def is_main_process() -> bool:
 
 
 # -- what the command line prints ----------------------------------------------------------------------
+STREAM_FORMATS = ("txt", "json")  # the formats that several inputs can share on stdout
+
+
+def check_stdout_format(format: str, output_dir: str | Path | None, audio: list[str | Path]) -> None:
+    """Before any work: a format of its own (srt, vtt, tsv) on stdout takes one audio file, not several, a folder
+    or a data source (they cannot share one stream); the rule depends on the arguments, not on what they hold."""
+    if output_dir is not None or format in STREAM_FORMATS:
+        return
+    if len(audio) > 1 or any(Path(a).is_dir() or source_kind(Path(a)) is not None for a in audio):
+        raise ConfigError(f"--format {format} prints one audio file; for several, a folder or a data source give "
+                          "--output-dir (one file per input)")  # fmt: skip
+
+
 def print_results(
     results: list[R], format: str, line: Callable[[R], str], render: Callable[[R, str], str], stream=None
 ) -> None:
@@ -168,7 +181,7 @@ def print_results(
         stream.write("".join(line(r) + "\n" for r in ok))
     elif format == "json":
         stream.write("".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in ok))
-    elif len(results) > 1:
+    elif len(results) > 1:  # the command checked its arguments first (check_stdout_format)
         raise ConfigError(f"--format {format} for several inputs needs --output-dir (one file per input)")
     else:
         stream.write("".join(render(r, format) for r in ok))
@@ -184,6 +197,9 @@ def summarize(results: list[FileResult], what: str, stream=None, quiet: bool = F
     skipped = sum(r.skipped for r in results)
     for r in failed:
         print(f"xlsr: error: {r.path}: {r.error}", file=stream)
+    for r in results:  # said on stdout as an empty text (transcribe) or `no speech` (identify), and here
+        if getattr(r, "no_speech", False):
+            print(f"xlsr: note: {r.path}: no speech found (--no-speech-check processes it anyway)", file=stream)
     done = len(results) - len(failed) - skipped
     if failed or skipped:
         extra = f", {skipped} skipped (output exists)" if skipped else ""

@@ -30,3 +30,8 @@ class ConfigError(XlsrError):
 
 class DataError(XlsrError):
     """A manifest, transcript or label set is invalid."""
+
+
+class OldSpelling(FutureWarning):
+    """An option or argument under its old name: it still works, and the warning names the new one. The CLI
+    prints it as one line (`xlsr: warning: ...`)."""

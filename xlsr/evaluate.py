@@ -9,6 +9,7 @@ Speech-translation models: sacrebleu's BLEU and chrF (`translation_metrics.py`),
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from .checkpoints import inference_model
 from .checkpoints.io import atomic_write_text
 from .data.manifest import Columns
 from .data.sources import read_source
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, OldSpelling
 from .models.speech_translation import SpeechTranslationModel
 from .text.normalize import TextNormalization, normalize_text
 from .translation_metrics import TranslationScores, corpus_scores
@@ -166,6 +167,9 @@ def evaluate(
     `manifest` is any data source of `data/sources.py` (its test split), its columns named by `text_column` (CTC),
     `label_column` (classifiers) and `audio_column`; a bad row is a failed utterance.
     """
+    if json_path:
+        warnings.warn("evaluate(json_path=...) / --json PATH is now output_dir / --output-dir DIR (writes "
+                      "DIR/report.json)", OldSpelling, stacklevel=2)  # fmt: skip
     net = inference_model(model, device, dtype)
     every = {k for _, _, names in KINDS.values() for k in names}
     given = {k: v for k, v in locals().items() if k in every and v not in (None, ())}

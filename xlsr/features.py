@@ -23,7 +23,7 @@ from torch import nn
 from .audio import normalize
 from .checkpoints import inference_model
 from .driver import run_inputs, write_atomic
-from .errors import ConfigError
+from .errors import ConfigError, OldSpelling
 from .inference import FrameCollector, FrameMean, WindowedRunner
 from .runtime import audio_progress, set_threads
 
@@ -82,17 +82,19 @@ def features(
     skip_existing: bool = False,
     quiet: bool = False,
     out: str | Path | None = None,
+    audio_column: str | None = None,
 ) -> list[FeatureFile]:
     """Writes `output_dir/<name>.npy` per input ((frames, dim) float32, or with `pool="mean"` the (dim,) mean over
     the file's frames, accumulated window by window); one result per input, in input order.
 
     model: any wav2vec2 model xlsr reads (None: the bundled reference model's encoder). `out` is the old
-    spelling: a folder (= output_dir), or a `.npy` file for a single input. A file that cannot be read is
+    spelling: a folder (= output_dir), or a `.npy` file for a single input. `audio_column` names the audio column
+    of the data sources among the inputs (`data/sources.py`). A file that cannot be read is
     reported in its result and the others are still written.
     """
     single = None
     if out is not None:
-        warnings.warn("features(out=...) / --out is now output_dir / --output-dir", FutureWarning, stacklevel=2)
+        warnings.warn("features(out=...) / --out is now output_dir / --output-dir", OldSpelling, stacklevel=2)
         if Path(out).suffix == ".npy":
             single = Path(out)
         else:
@@ -131,8 +133,9 @@ def features(
         bar.close()
 
     if single is not None:
-        return run_inputs(audio, process, FeatureFile, net.source, on_result=_drop_array)
-    return run_inputs(audio, process, FeatureFile, net.source, output_dir, "npy", skip_existing, _npy, _drop_array)
+        return run_inputs(audio, process, FeatureFile, net.source, on_result=_drop_array, audio_column=audio_column)
+    return run_inputs(audio, process, FeatureFile, net.source, output_dir, "npy", skip_existing, _npy, _drop_array,
+                      audio_column=audio_column)  # fmt: skip
 
 
 def _drop_array(r: FeatureFile) -> None:

@@ -141,6 +141,7 @@ def translate(
     threads: int | None = None,
     skip_existing: bool = False,
     quiet: bool = False,
+    audio_column: str | None = None,
 ) -> list[Translation]:
     """Translates files, folders and manifests; one Translation per input, in input order.
 
@@ -148,6 +149,7 @@ def translate(
     target_lang: mBART-50 code (`de_DE`) or ISO 639-1 (`de`); default: the model's own target, else English.
     Decoding options are fairseq's (`DecodingOptions`): `max_len_a * frames + max_len_b` bounds the output, and
     `max_new_tokens` caps it. A file that cannot be read gets `error` set; every other file is still done.
+    `audio` may hold the data sources of `data/sources.py` (`audio_column` names their audio column).
     """
     check_format(format, FORMATS)
     set_threads(threads)
@@ -156,7 +158,8 @@ def translate(
                          max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, length_penalty=length_penalty,
                          no_repeat_ngram_size=no_repeat_ngram_size, segment_seconds=segment_seconds,
                          batch_seconds=batch_seconds, quiet=quiet)  # fmt: skip
-    return run_inputs(audio, process, Translation, net.source, output_dir, format, skip_existing, render)
+    return run_inputs(audio, process, Translation, net.source, output_dir, format, skip_existing, render,
+                      audio_column=audio_column)  # fmt: skip
 
 
 def translator(
