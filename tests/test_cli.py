@@ -75,6 +75,36 @@ def test_features_pool_mean_is_one_vector_per_file_as_transformers_computes_it(t
     np.testing.assert_allclose(np.load(tmp_path / "win" / "long.npy"), frames.mean(0), atol=1e-6)
 
 
+FEATURES_PROBE = """
+import resource, sys
+from xlsr.features import features
+features(sys.argv[1], [sys.argv[2]], output_dir=sys.argv[3], pool=sys.argv[4] or None, chunk_seconds=20,
+         stride_seconds=2, batch_seconds=40, quiet=True)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_features_peak_memory_does_not_grow_with_recording_length(tiny_model, tmp_path):
+    """6 minutes of 48 kHz stereo (138 MB as float32 once decoded) need no more memory than 1 minute, frames
+    or their mean alike: the file is read and encoded window by window (only the (frames, dim) output grows)."""
+    rng = np.random.default_rng(0)
+    minute = (0.1 * rng.standard_normal((48000 * 60, 2))).astype(np.float32)
+    with sf.SoundFile(tmp_path / "long.wav", "w", 48000, 2, subtype="PCM_16") as f:
+        for _ in range(6):
+            f.write(minute)
+    sf.write(tmp_path / "short.wav", minute, 48000, subtype="PCM_16")
+    for pool in ("", "mean"):
+        peak = {}
+        for name in ("short", "long"):
+            args = [str(tiny_model), str(tmp_path / f"{name}.wav"), str(tmp_path / f"out{pool}"), pool]
+            run = subprocess.run([sys.executable, "-c", FEATURES_PROBE, *args], capture_output=True, text=True)
+            assert run.returncode == 0, run.stderr[-2000:]
+            peak[name] = int(run.stdout.split()[-1]) / 1024
+        assert peak["long"] < 1.2 * peak["short"], (pool, peak)
+    assert np.load(tmp_path / "out" / "long.npy").shape == (6 * 60 * 50 - 1, 32)
+    assert np.load(tmp_path / "outmean" / "long.npy").shape == (32,)
+
+
 def test_features_bad_files_fail_alone_with_one_line_each(tiny_model, tmp_path, capsys):
     sf.write(tmp_path / "good.wav", speechlike(0.6), 16000)
     (tmp_path / "empty.wav").write_bytes(b"")

@@ -8,7 +8,9 @@ Every case either succeeds or raises XlsrError with one line naming the file, an
 - checkpoints: a genuine fairseq checkpoint (tests/fixtures/fairseq_xlsr/ctc.pt), the same model as an xlsr
   checkpoint and as a Hugging Face directory (safetensors), mutated, through `xlsr.load_model`;
 - commands: `run_command(argv)` runs `xlsr.cli.main` in this process and asserts a failed command's contract
-  (a non-zero exit, one line on stderr, no traceback); COMMAND_CASES lists (name, make the inputs) pairs.
+  (a non-zero exit, one line on stderr, no traceback); COMMAND_CASES lists (name, make the inputs) pairs;
+  damaged checkpoints go through every command that takes a model (MODEL_COMMANDS), damaged audio among good
+  files through every batch command (BATCH_COMMANDS).
 """
 
 from __future__ import annotations
@@ -167,15 +169,21 @@ CHECKPOINT_CASES = [(kind, seed) for kind in CHECKPOINTS for seed in range(SEEDS
 )
 def test_damaged_checkpoints_load_or_are_named_in_one_line(tmp_path, capfd, checkpoint_sources, kind, seed):
     rng = np.random.default_rng([seed, 100 + CHECKPOINTS.index(kind)])
-    source = _weights_file(checkpoint_sources, kind)
+    target = damaged_checkpoint(tmp_path, checkpoint_sources, kind, seed, rng)
+    check_outcome(xlsr.load_model, target, target, capfd)
+
+
+def damaged_checkpoint(tmp: Path, sources: Path, kind: str, seed: int, rng: np.random.Generator) -> Path:
+    """A copy of the `kind` source with its weights file damaged by the seed's mutation: the file (for hf, the
+    directory)."""
     mutation = CHECKPOINT_MUTATIONS[seed % len(CHECKPOINT_MUTATIONS)]
+    source = _weights_file(sources, kind)
     data = source.read_bytes()
     damaged = mutate_inside(data, rng) if mutation == "inner" else mutate(data, mutation, rng)
-    shutil.copytree(source.parent, tmp_path / kind)
-    path = tmp_path / kind / source.name
+    shutil.copytree(source.parent, tmp / kind)
+    path = tmp / kind / source.name
     path.write_bytes(damaged)
-    target = path.parent if kind == "hf" else path
-    check_outcome(xlsr.load_model, target, target, capfd)
+    return path.parent if kind == "hf" else path
 
 
 def test_the_checkpoint_sources_load(checkpoint_sources):
@@ -234,6 +242,50 @@ def test_a_command_on_a_damaged_input_fails_in_one_line(tmp_path, capfd, make):
     argv = make(tmp_path)
     line = run_command(argv, capfd)
     assert line.startswith("xlsr: error: ") and str(tmp_path) in line, line
+
+
+# --- every command that takes a model, on damaged checkpoints ------------------------------------------------
+MODEL_COMMANDS: dict[str, Callable[[str, Path], list[str]]] = {
+    "info": lambda model, tmp: ["info", model],
+    "convert": lambda model, tmp: ["convert", model, str(tmp / "converted")],
+    "transcribe": lambda model, tmp: ["transcribe", "--model", model, str(tmp / "clip.wav"), "--quiet"],
+    "features": lambda model, tmp: ["features", "--model", model, str(tmp / "clip.wav"), "--output-dir", str(tmp)],
+    "evaluate": lambda model, tmp: ["evaluate", "--model", model, str(tmp / "m.tsv"), "--quiet"],
+}
+MODEL_COMMAND_CASES = [(kind, seed) for kind in CHECKPOINTS for seed in range(2 * len(CHECKPOINT_MUTATIONS))]
+
+
+@pytest.mark.parametrize(
+    "kind, seed",
+    MODEL_COMMAND_CASES,
+    ids=[f"{k}-{n}-{CHECKPOINT_MUTATIONS[n % len(CHECKPOINT_MUTATIONS)]}" for k, n in MODEL_COMMAND_CASES],
+)
+def test_every_command_that_takes_a_model_runs_or_names_a_damaged_one_in_one_line(
+    tmp_path, capfd, checkpoint_sources, audio_sources, kind, seed
+):
+    """A damaged checkpoint through info, convert, transcribe, features and evaluate: the command runs (the
+    damage missed what it reads) or exits non-zero with one `xlsr: error:` line naming the model; no traceback."""
+    from xlsr.cli import main
+
+    rng = np.random.default_rng([seed, 200 + CHECKPOINTS.index(kind)])
+    model = str(damaged_checkpoint(tmp_path, checkpoint_sources, kind, seed, rng))
+    (tmp_path / "clip.wav").write_bytes(audio_sources[".wav"])
+    (tmp_path / "m.tsv").write_text("path\ttext\nclip.wav\tan example\n")
+    failures = 0
+    for name, make in MODEL_COMMANDS.items():
+        capfd.readouterr()
+        try:
+            code = main(make(model, tmp_path))
+        except SystemExit as e:  # argparse
+            code = e.code
+        err = capfd.readouterr().err
+        assert "Traceback" not in err, (name, err)
+        if code == 0:
+            assert "error" not in err, (name, err)
+        else:
+            failures += 1
+            assert err.count("\n") == 1 and err.startswith("xlsr: error: ") and model in err, (name, err)
+    assert failures in (0, len(MODEL_COMMANDS)), "every command reads the model the same way"
 
 
 # --- whole batch commands: damaged audio among good files ----------------------------------------------------
