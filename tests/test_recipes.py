@@ -83,15 +83,52 @@ def aligned_table(text: str, first: str) -> dict[str, dict[str, float | str]]:
 
 
 def check_reference_figures(out: str, shipped: str) -> None:
-    """The claims on recipes/reference_model.py's output `out`, against the bundled models' table `shipped`."""
+    """The claims on recipes/reference_model.py's output `out`, against the bundled models' table `shipped`.
+
+    On the CPU that made the bundled models the recipe reprints their table exactly; on another one (other
+    vector kernels, other rounding: ANOTHER_CPU had AVX-512 and AMX) the run parts from it as a run of another
+    seed would (its pretraining already ends elsewhere), so the figures are compared within the noise of the
+    test set. Overall (300 clips; two runs' language-ID
+    accuracies near 95% differ by 1.8 points at one standard deviation): CER within 5 points, language ID within
+    6. Each language (30 clips: one clip is 3.3 points): CER within 8 points, language ID well learnt (above 60%,
+    chance 10%), since per-language accuracy of 30 clips varies too much between runs to be compared (the
+    ANOTHER_CPU run: Spanish 80.0% against 96.7%)."""
     got = markdown_table(out, "language", CER, LID)
     accuracy = float(re.search(r"contrastive accuracy ([\d.]+)%", out).group(1))
     perplexity = float(re.search(r"code perplexity (\d+)", out).group(1))
     assert accuracy > 3 * 100 / 51 and perplexity > 20  # well above chance, no codebook collapse
     assert got["all"][CER] < 50 and got["all"][LID] > 3 * 10  # chance for language ID: 10%
-    for lang, row in markdown_table(shipped, "language", CER, LID).items():  # within noise of the bundled figures
+    was = markdown_table(shipped, "language", CER, LID)
+    assert set(got) == set(was), (got, was)
+    assert abs(got["all"][CER] - was["all"][CER]) < 5, (got["all"], was["all"])
+    assert abs(got["all"][LID] - was["all"][LID]) < 6, (got["all"], was["all"])
+    for lang, row in was.items():
         assert abs(got[lang][CER] - row[CER]) < 8, (lang, got[lang], row)
-        assert abs(got[lang][LID] - row[LID]) < 12, (lang, got[lang], row)
+        assert got[lang][LID] > 60, (lang, got[lang], row)
+
+
+# The reference recipe run end to end by .ci/slow on a clean clone (2026-12-03) on a CPU with AVX-512 and AMX,
+# not the one that made the bundled models: pretraining's held-out contrastive accuracy 11.1% and code
+# perplexity 90 (bundled: 11.9%, 92), then this table (bundled: CER 37.4%, language ID 96.7%).
+ANOTHER_CPU = """\
+| language | test clips | CER % | WER % | language ID accuracy % |
+|---|---|---|---|---|
+| de | 30 | 37.5 | 93.3 | 100.0 |
+| en | 30 | 53.4 | 97.8 | 93.3 |
+| es | 30 | 38.5 | 92.2 | 80.0 |
+| fr | 30 | 54.1 | 97.7 | 90.0 |
+| id | 30 | 24.5 | 87.0 | 100.0 |
+| it | 30 | 37.5 | 97.2 | 96.7 |
+| nl | 30 | 39.1 | 96.2 | 86.7 |
+| pl | 30 | 41.8 | 95.4 | 93.3 |
+| pt | 30 | 47.0 | 94.1 | 93.3 |
+| sw | 30 | 26.4 | 78.4 | 100.0 |
+| all | 300 | 39.3 | 92.7 | 93.3 |
+
+""" + (
+    "Pretraining (held-out audio): contrastive accuracy 11.1% (chance 2.0% among 1 + 50 candidates), code perplexity"
+    " 90 of 128 entries.\n"
+)
 
 
 def check_pretrained_beats_random(out: str) -> None:
@@ -156,6 +193,23 @@ def test_the_bundled_figures_pass_the_recipe_checks():
     worse = text.replace(f"| {markdown_table(text, CER)['all'][CER]} |", "| 55.0 |")
     with pytest.raises(AssertionError):
         check_reference_figures(worse, text)
+
+
+def test_a_run_on_another_cpu_passes_the_recipe_checks_and_worse_ones_do_not():
+    """ANOTHER_CPU (a real run, not bit-identical to the bundled one) passes; a run that is worse overall by more
+    than the test set's noise, or that has not learnt one language, fails."""
+    shipped = RESULTS.read_text()
+    check_reference_figures(ANOTHER_CPU, shipped)
+    for before, after in (
+        ("| all | 300 | 39.3 | 92.7 | 93.3 |", "| all | 300 | 39.3 | 92.7 | 90.0 |"),  # language ID 6.7 below
+        ("| all | 300 | 39.3 | 92.7 | 93.3 |", "| all | 300 | 43.0 | 92.7 | 93.3 |"),  # CER 5.6 above
+        ("| es | 30 | 38.5 | 92.2 | 80.0 |", "| es | 30 | 38.5 | 92.2 | 56.7 |"),  # Spanish barely learnt
+        ("| fr | 30 | 54.1 |", "| fr | 30 | 63.0 |"),  # French CER 8.7 above
+        ("| sw | 30 | 26.4 | 78.4 | 100.0 |\n", ""),  # a language missing
+    ):
+        assert before in ANOTHER_CPU
+        with pytest.raises(AssertionError):
+            check_reference_figures(ANOTHER_CPU.replace(before, after), shipped)
 
 
 def check_speaker_figures(out: str, shipped: str) -> None:
