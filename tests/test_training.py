@@ -56,6 +56,23 @@ def records(out: Path, split: str = "train") -> dict[int, dict]:
     return found
 
 
+def test_training_commands_take_device_and_threads_as_every_command_does(corpus, tmp_path):
+    from xlsr.cli import main
+
+    threads = torch.get_num_threads()
+    args = ["pretrain", "--train", str(corpus / "train.tsv"), "--output-dir", str(tmp_path / "run"), "--preset",
+            "tiny", "--device", "cpu", "--threads", "1", "--quiet", "--set", *TINY, "max_update=1"]  # fmt: skip
+    try:
+        assert main(args) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    resolved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "\ndevice: cpu\n" in resolved and "\nthreads: 1\n" in resolved
+    with pytest.raises(ConfigError, match="--threads must be at least 1"):
+        pretrain(corpus / "train.tsv", tmp_path / "bad", preset="tiny", set=[*TINY, "threads=0"], quiet=True)
+
+
 def test_config_from_yaml_set_and_layout_defaults(corpus, tmp_path):
     (tmp_path / "c.yaml").write_text("lr: 1e-4\nmax_update: 7\nadam_betas: [0.9, 0.99]\nmodel:\n  dropout: 0.2\n")
     cfg = build_config(PretrainConfig, tmp_path / "c.yaml", ["max_update=9", "model.encoder_layerdrop=0.05"])

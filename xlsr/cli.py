@@ -185,7 +185,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretraining.task import pretrain
 
     result = pretrain(args.train, args.out, valid=args.valid, config=args.config, preset=args.preset, init=args.init,
-                      set=args.set, quiet=args.quiet, audio_column=args.audio_column)  # fmt: skip
+                      set=args.set, quiet=args.quiet, audio_column=args.audio_column,
+                      **options(args, TRAIN_HARDWARE))  # fmt: skip
     print(f"done: {result['update']} updates; checkpoints in {result['out_dir']}/checkpoints")
     return 0
 
@@ -195,7 +196,7 @@ def cmd_finetune_ctc(args: argparse.Namespace) -> int:
 
     result = finetune_ctc(args.init, args.train, args.valid, args.out, config=args.config, vocab=args.vocab,
                           set=args.set, quiet=args.quiet, text_column=args.text_column,
-                          audio_column=args.audio_column)  # fmt: skip
+                          audio_column=args.audio_column, **options(args, TRAIN_HARDWARE))  # fmt: skip
     print(f"done: {result['update']} updates; best validation WER {_percent(result['best'])}; model in {args.out}/best")
     return 0
 
@@ -204,7 +205,8 @@ def cmd_finetune_st(args: argparse.Namespace) -> int:
     from .finetuning.st import finetune_st
 
     result = finetune_st(args.init, args.train, args.valid, args.out, decoder=args.decoder, config=args.config,
-                         set=args.set, quiet=args.quiet, audio_column=args.audio_column)  # fmt: skip
+                         set=args.set, quiet=args.quiet, audio_column=args.audio_column,
+                         **options(args, TRAIN_HARDWARE))  # fmt: skip
     best = "n/a" if result["best"] is None else f"{result['best']:.2f}"
     print(f"done: {result['update']} updates; best validation score {best}; model in {args.out}/best")
     return 0
@@ -226,7 +228,7 @@ def cmd_finetune_classify(args: argparse.Namespace) -> int:
 
     result = finetune_classify(args.init, args.train, args.valid, args.out, label_column=args.label_column,
                                config=args.config, set=args.set, quiet=args.quiet,
-                               audio_column=args.audio_column)  # fmt: skip
+                               audio_column=args.audio_column, **options(args, TRAIN_HARDWARE))  # fmt: skip
     print(f"done: {result['update']} updates; best validation accuracy {_percent(result['best'])}; "
           f"model in {args.out}/best")  # fmt: skip
     return 0
@@ -283,6 +285,9 @@ def add_training_options(p: argparse.ArgumentParser, task: str, valid_required: 
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     add_columns(p, text=task == "ctc")
+    g = p.add_argument_group("hardware (precision: --set precision=auto|fp32|bf16|fp16, mixed precision)")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; torchrun: cuda:LOCAL_RANK)")
+    g.add_argument("--threads", type=int, help="CPU threads of each process (default: PyTorch's choice)")
 
 
 # Option groups: the same flag, name and default in every command that has it (and in the Python function).
@@ -291,6 +296,7 @@ SPEECH_OPTIONS = ("speech_check",)
 WINDOW_OPTIONS = ("chunk_seconds", "stride_seconds", "batch_seconds")
 CTC_OPTIONS = ("lm", "lexicon", "lm_weight", "word_score", "beam_size", "hotwords", "hotword_weight")
 HARDWARE_OPTIONS = ("device", "dtype", "threads")
+TRAIN_HARDWARE = ("device", "threads")  # training's dtype is the mixed-precision config key `precision`
 DATA_OPTIONS = ("audio_column",)  # the inputs' data sources (data/sources.py)
 GENERATION_OPTIONS = ("beam_size", "max_new_tokens", "max_len_a", "max_len_b", "min_len", "length_penalty",
                       "no_repeat_ngram_size")  # fmt: skip

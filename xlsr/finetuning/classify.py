@@ -150,9 +150,12 @@ def finetune_classify(
     set: list[str] = (),  # noqa: A002 (the CLI's --set)
     quiet: bool = False,
     audio_column: str | None = None,
+    device: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes `init` to classify utterances by `label_column`; the best model by validation accuracy is
     written to `out/best/` (a Hugging Face Wav2Vec2ForSequenceClassification directory). `train` and `valid`
     are data sources of `data/sources.py`; `audio_column` names their audio column."""
-    cfg = build_config(ClassifyConfig, config, set, label_column=label_column, audio_column=audio_column)
+    cfg = build_config(ClassifyConfig, config, set, label_column=label_column, audio_column=audio_column,
+                       device=device, threads=threads)  # fmt: skip
     return Trainer(ClassificationTask(cfg, train, valid, init), out, quiet).run()

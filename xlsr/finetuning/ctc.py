@@ -308,11 +308,14 @@ def finetune_ctc(
     quiet: bool = False,
     text_column: str | None = None,
     audio_column: str | None = None,
+    device: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes `init` with a CTC head on the transcribed audio of `train`; the best model by validation
     WER is written to `out/best/` (a Hugging Face directory). `train` and `valid` are data sources of
     `data/sources.py` (a Common Voice folder gives its train.tsv and dev.tsv); `text_column` and `audio_column`
     name their columns (config keys of the same names)."""
-    cfg = build_config(CTCConfig, config, set, text_column=text_column, audio_column=audio_column)
+    cfg = build_config(CTCConfig, config, set, text_column=text_column, audio_column=audio_column, device=device,
+                       threads=threads)  # fmt: skip
     task = CTCTask(cfg, train, valid, init, vocab)
     return Trainer(task, out, quiet).run()

@@ -587,10 +587,12 @@ def finetune_st(
     set: list[str] = (),  # noqa: A002 (the CLI's --set)
     quiet: bool = False,
     audio_column: str | None = None,
+    device: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes a speech-translation model on the `translation` (and `tgt_lang`) of `train`: `init` is an XLS-R
     encoder (a new adapter, and the decoder of `decoder`, else a new one with a vocabulary trained on the targets) or
     a whole speech-translation model. The best model by validation BLEU (or as `best_checkpoint_metric` says) is
     written to `out/best/`, a transformers SpeechEncoderDecoderModel directory that `xlsr translate` reads."""
-    cfg = build_config(STConfig, config, set, audio_column=audio_column)
+    cfg = build_config(STConfig, config, set, audio_column=audio_column, device=device, threads=threads)
     return Trainer(STTask(cfg, train, valid, init, decoder, out), out, quiet).run()

@@ -184,9 +184,12 @@ def pretrain(
     set: list[str] = (),  # noqa: A002 (the CLI's --set)
     quiet: bool = False,
     audio_column: str | None = None,
+    device: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Pretrains (or continues pretraining) a model on the audio of `train`; writes checkpoints to `out`.
     `train` and `valid` are data sources of `data/sources.py`; `audio_column` names their audio column."""
-    cfg = build_config(PretrainConfig, config, set, preset=preset, audio_column=audio_column)
+    cfg = build_config(PretrainConfig, config, set, preset=preset, audio_column=audio_column, device=device,
+                       threads=threads)  # fmt: skip
     task = PretrainTask(cfg, train, valid, init)
     return Trainer(task, out, quiet).run()

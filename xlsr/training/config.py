@@ -66,6 +66,7 @@ class TrainConfig:
     max_bad_samples: int = 10  # audio files that fail to decode during training, skipped, before the run stops
     patience: int = 0  # stop after this many validations without a better best metric (0: never)
     device: str | None = None  # default: cuda when available (under torchrun: cuda:LOCAL_RANK)
+    threads: int | None = None  # CPU threads of each process (default: PyTorch's choice)
     model: dict[str, Any] = field(default_factory=dict)  # changes to the ModelConfig
 
     def check(self) -> None:

@@ -38,7 +38,7 @@ from ..data.dataset import ReadableOnly
 from ..data.manifest import Columns, Utterance
 from ..data.sources import log_bad_rows, read_source
 from ..errors import ConfigError, XlsrError
-from ..runtime import progress
+from ..runtime import progress, set_threads
 from . import state as ckpt
 from .config import TrainConfig, to_yaml
 from .distributed import World, all_reduce_sum, finish_world, init_world, wrap
@@ -156,6 +156,7 @@ class Trainer:
     def build(self) -> None:
         cfg = self.cfg
         cfg.check()  # before anything is loaded
+        set_threads(cfg.threads)
         self.world = world = init_world(cfg.device)
         setup_console_logging(self.quiet or not world.is_main)
         for warning in ignored_options(cfg):
