@@ -116,6 +116,29 @@ def test_a_mistyped_model_stops_the_command_before_any_work(command, tmp_path, c
         assert not (tmp_path / "out").exists()
 
 
+def test_a_mistyped_model_stops_evaluate_before_any_work(tmp_path, capsys):
+    sf.write(tmp_path / "clip.wav", speechlike(1.0), 16000)
+    (tmp_path / "m.tsv").write_text("path\ttext\nclip.wav\ta\n")
+    out = ["--output-dir", str(tmp_path / "out")]
+    for argv in (["evaluate", "/mistyped/model", str(tmp_path / "m.tsv"), *out],
+                 ["evaluate", "--model", "/mistyped/model", str(tmp_path / "m.tsv"), *out]):  # fmt: skip
+        assert main(argv) == 1
+        captured = capsys.readouterr()
+        err = captured.err.splitlines()
+        assert len(err) == 1 and "/mistyped/model" in err[0] and "no such" in err[0] and captured.out == ""
+        assert not (tmp_path / "out").exists()
+
+
+def test_print_config_lists_each_training_commands_own_keys_with_their_defaults(capsys):
+    for command, has_cache in (("ctc", True), ("st", True), ("classify", False)):
+        with pytest.raises(SystemExit) as e:
+            main(["finetune", command, "--print-config"])
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and out.startswith(f"# xlsr finetune {command}: configuration keys and defaults\n")
+        assert "\nmax_update: " in out and "\nthreads: null" in out
+        assert ("\nfeature_cache_gb: 4.0" in out) == has_cache, (command, out)
+
+
 def test_a_missing_data_file_first_is_a_missing_input_not_a_missing_model(tmp_path, capsys):
     sf.write(tmp_path / "clip.wav", speechlike(1.0), 16000)
     for name in ("test.parquet", "train.arrow", "dev.tsv"):
